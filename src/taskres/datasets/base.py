@@ -30,6 +30,7 @@ class TaskData:
     test: list[Sample]
     alpha: float = 0.5  # TaskRes residual scale the paper uses for this dataset
     lr: float | None = None  # per-dataset learning-rate default (None: method default)
+    class_ids: list[str] | None = None  # stable ids (e.g. WordNet ids) used to map class subsets
     extra_splits: dict[str, list[Sample]] = field(default_factory=dict)
 
     @property

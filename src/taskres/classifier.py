@@ -1,0 +1,176 @@
+"""Tuned classifiers: small objects that turn image features into logits, saved as safetensors.
+
+A classifier file holds tensors and one JSON metadata entry (kind, class names, backbone identity,
+hyper-parameters). Loading never unpickles anything. Each method's classifier kind is listed in
+``taskres.methods.CLASSIFIERS``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path
+
+FORMAT_VERSION = 1
+
+
+class ClassifierError(ValueError):
+    """A classifier file is unreadable or does not fit the backbone or classes it is used with."""
+
+
+@dataclass
+class ClassifierMeta:
+    classnames: list[str]
+    backbone: dict  # Backbone.identity of the model whose features it takes
+    method: str
+    class_ids: list[str] | None = None
+    hparams: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+class Classifier(torch.nn.Module):
+    """Image features [N, D] (unnormalised, as the encoder gives them) -> logits [N, C]."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, meta: ClassifierMeta):
+        super().__init__()
+        self.meta = meta
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.meta.classnames
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: ClassifierMeta, config: dict) -> "Classifier":
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Scalars the kind needs besides its tensors (stored in the metadata)."""
+        return {}
+
+    @torch.no_grad()
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        return self(features).softmax(dim=-1)
+
+
+def cosine_logits(features: torch.Tensor, weights: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """CLIP's logits: exp(logit_scale) * cos(image feature, class weight)."""
+    return logit_scale_exp(logit_scale) * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).t()
+
+
+def logit_scale_exp(logit_scale: float) -> float:
+    return float(torch.tensor(logit_scale).exp())
+
+
+class CosineClassifier(Classifier):
+    """Zero-shot CLIP and TaskRes: logits = s * cos(f, t + alpha * x), t the frozen text base, x the residual."""
+
+    kind = "cosine"
+
+    def __init__(self, meta: ClassifierMeta, base: torch.Tensor, residual: torch.Tensor | None = None,
+                 alpha: float = 0.0, logit_scale: float = 0.0):
+        super().__init__(meta)
+        self.register_buffer("base", base.float().clone())
+        self.register_buffer("residual", torch.zeros_like(self.base) if residual is None else
+                             residual.float().clone())
+        self.alpha = float(alpha)
+        self.logit_scale = float(logit_scale)
+
+    def weights(self) -> torch.Tensor:
+        return self.base + self.alpha * self.residual  # t' = t + alpha * x
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(features.float(), self.weights(), self.logit_scale)
+
+    def tensors(self):
+        return {"base": self.base, "residual": self.residual}
+
+    def config(self):
+        return {"alpha": self.alpha, "logit_scale": self.logit_scale}
+
+    @classmethod
+    def from_tensors(cls, tensors, meta, config):
+        return cls(meta, tensors["base"], tensors["residual"], config["alpha"], config["logit_scale"])
+
+
+def save_classifier(clf: Classifier, path: str | Path) -> None:
+    meta = {
+        "format": FORMAT_VERSION,
+        "kind": clf.kind,
+        "classnames": clf.meta.classnames,
+        "class_ids": clf.meta.class_ids,
+        "backbone": clf.meta.backbone,
+        "method": clf.meta.method,
+        "hparams": clf.meta.hparams,
+        "extra": clf.meta.extra,
+        "config": clf.config(),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in clf.tensors().items()}
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp), metadata={"taskres": json.dumps(meta)})
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    from .methods import CLASSIFIERS
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "classifier.safetensors"
+    if not path.is_file():
+        raise ClassifierError(f"classifier file not found: {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("taskres")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ClassifierError(f"{path} is not a safetensors classifier file ({exc})") from None
+    if raw is None:
+        raise ClassifierError(f"{path} holds no taskres metadata: not a classifier saved by taskres")
+    meta = json.loads(raw)
+    kind = meta.get("kind")
+    if kind not in CLASSIFIERS:
+        raise ClassifierError(f"{path}: unknown classifier kind {kind!r} (known: {', '.join(CLASSIFIERS)})")
+    info = ClassifierMeta(meta["classnames"], meta["backbone"], meta["method"], meta.get("class_ids"),
+                          meta.get("hparams", {}), meta.get("extra", {}))
+    return CLASSIFIERS[kind].from_tensors(tensors, info, meta.get("config", {}))
+
+
+def check_backbone(clf: Classifier, identity: dict, source: str = "classifier") -> None:
+    want = {k: clf.meta.backbone.get(k) for k in ("model", "fingerprint")}
+    have = {k: identity.get(k) for k in ("model", "fingerprint")}
+    if want != have:
+        raise ClassifierError(
+            f"{source} was trained on backbone {want['model']} (weights {want['fingerprint']}), but the features "
+            f"come from {have['model']} (weights {have['fingerprint']}); pass the same --backbone/--pretrained")
+
+
+def class_rows(clf: Classifier, classnames: list[str], class_ids: list[str] | None) -> torch.Tensor | None:
+    """Rows of ``clf`` for a dataset's classes: None when identical, an index when a subset (ImageNet-A/R)."""
+    if classnames == clf.meta.classnames:
+        return None
+    if class_ids and clf.meta.class_ids:
+        pos = {c: i for i, c in enumerate(clf.meta.class_ids)}
+        keys, source = class_ids, "class ids"
+    else:
+        pos = {c: i for i, c in enumerate(clf.meta.classnames)}
+        keys, source = classnames, "class names"
+    missing = [k for k in keys if k not in pos]
+    if missing:
+        raise ClassifierError(
+            f"the classifier does not know {len(missing)} of the dataset's {len(keys)} classes by {source} "
+            f"(e.g. {missing[0]!r}); it was trained on {len(clf.meta.classnames)} other classes")
+    return torch.tensor([pos[k] for k in keys])

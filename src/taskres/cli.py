@@ -1,0 +1,179 @@
+"""The ``taskres`` command: a thin layer over the Python API (taskres.api).
+
+Verbs: fit, eval, predict (here); other modules add theirs through ``register(subparsers)`` listed in
+``VERB_MODULES``. Known errors print one line, ``taskres: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .backbone import BackboneConfig, BackboneError
+from .classifier import ClassifierError
+from .datasets import DatasetError
+from .methods import METHODS, TrainingError
+from .transforms import ImageError
+
+USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, TrainingError, ValueError,
+               FileNotFoundError)
+# Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
+VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed")
+
+
+def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", default="taskres-mini" if defaults else None,
+                   help="open_clip model name (RN50, ViT-B-16, ...) or hf-hub:ORG/REPO (default: the embedded "
+                        "taskres-mini)")
+    g.add_argument("--pretrained", default="default" if defaults else None,
+                   help="weights: a tag (openai, laion2b_s34b_b79k, ...), a checkpoint file, or 'none' for random "
+                        "weights (default: openai, or the packaged weights of taskres-mini)")
+    g.add_argument("--device", default="cpu" if defaults else None, help="cpu or cuda[:N]")
+    g.add_argument("--precision", default="fp32" if defaults else None, choices=["fp32", "fp16", "bf16"])
+
+
+def backbone_config(args) -> BackboneConfig | None:
+    if args.backbone is None:
+        return None
+    return BackboneConfig(args.backbone, args.pretrained or "default", args.device or "cpu",
+                          args.precision or "fp32")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True,
+                   help="a registered dataset (imagenet, caltech101, ...), a demo task (mini-*), or a folder "
+                        "with one sub-folder of images per class")
+    p.add_argument("--data-root", default=None, help="the folder holding the CoOp dataset layout")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache (default: $TASKRES_CACHE/features or ~/.cache/taskres/features; '' for "
+                        "none)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per encoder batch")
+    p.add_argument("--workers", type=int, default=None, help="image decoding workers (default: automatic)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images with a warning and a count instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_fit(args) -> int:
+    from .api import FitConfig, fit
+
+    cfg = FitConfig(
+        method=args.method, dataset=args.dataset, data_root=args.data_root, backbone=backbone_config(args),
+        shots=args.shots, seed=args.seed, regime=args.regime, views=args.views, augment=not args.no_augment,
+        method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
+        eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
+        batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
+        allow_fewer_shots=args.allow_fewer_shots, progress=not args.quiet)
+    result = fit(cfg)
+    m = result.metrics
+    for split, acc in m["top1"].items():
+        print(f"{m['method']} on {m['dataset']} ({m['shots']}-shot, seed {m['seed']}): {split} top-1 = {acc:.2f} "
+              f"% ({m['num_images'][split]} images)")
+    if result.run_dir:
+        print(f"wrote {result.run_dir}/classifier.safetensors, metrics.json, config.json, splits.json")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import evaluate
+
+    res = evaluate(args.run, args.dataset, data_root=args.data_root, split=args.split,
+                   backbone_cfg=backbone_config(args), cache_dir=args.cache_dir, batch_size=args.batch_size,
+                   num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet)
+    subset = " (class subset)" if res["class_subset"] else ""
+    print(f"{res['method']} on {res['dataset']} {res['split']}{subset}: top-1 = {res['top1']:.2f} % "
+          f"({res['num_images']} images)")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .api import predict
+
+    for row in predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args)):
+        print(row["image"])
+        for name, p in row["top"]:
+            print(f"  {p:7.2%}  {name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskres", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("fit", help="adapt a backbone to a dataset from K shots and evaluate it")
+    p.add_argument("--method", default="taskres", choices=sorted(METHODS), help="method (default: taskres)")
+    add_data_args(p)
+    add_backbone_args(p)
+    p.add_argument("--shots", type=int, default=16, help="K: training images per class (default: 16)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--regime", default="cached", choices=["cached", "online"],
+                   help="cached: train on cached augmented views (fast, default); online: fresh augmentation "
+                        "through the image encoder at every step (the reference regime)")
+    p.add_argument("--views", type=int, default=10, help="augmented views cached per training image")
+    p.add_argument("--no-augment", action="store_true", help="train on the test transform only")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method parameter, e.g. --set lr=1e-3 --set epochs=50")
+    p.add_argument("--eval-split", action="append", default=None, help="split(s) to evaluate (default: test)")
+    p.add_argument("--split-file", default=None, help="reuse the exact few-shot split of a run (its splits.json)")
+    p.add_argument("--allow-fewer-shots", action="store_true",
+                   help="use every image of a class with fewer than K (CoOp's behaviour) instead of stopping")
+    p.add_argument("--out", default=None, help="run folder for the classifier, metrics, config and splits")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("eval", help="evaluate a saved classifier on a dataset split")
+    p.add_argument("run", help="a run folder or a classifier .safetensors file")
+    add_data_args(p)
+    add_backbone_args(p, defaults=False)
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top classes with probabilities for image files")
+    p.add_argument("run", help="a run folder or a classifier .safetensors file")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top", type=int, default=5)
+    add_backbone_args(p, defaults=False)
+    p.set_defaults(func=cmd_predict)
+
+    for module in VERB_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"taskres {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="taskres: %(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "eval_split", "unset") is None:
+        args.eval_split = ["test"]
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"taskres: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taskres: interrupted; finished work is kept and the next run resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

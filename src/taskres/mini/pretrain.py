@@ -1,0 +1,287 @@
+"""Contrastive (CLIP) pretraining of the mini model on the generated image-caption world.
+
+    python -m taskres.mini.pretrain --steps 2000 --out /tmp/mini-run
+
+Symmetric InfoNCE over a batch of (image, caption) pairs with a learnable temperature initialised as
+CLIP does (logit scale ln(1/0.07), clamped at 100). Every batch is drawn from the world with the seed
+(seed, step), so a run is reproducible and a resumed run sees exactly the batches it would have seen.
+A checkpoint is written atomically every ``--checkpoint-every`` steps and the run resumes from it when
+restarted with the same ``--out``. At the end the weights are written in fp16 as
+``<out>/taskres-mini.safetensors`` with a ``taskres-mini.record.json`` that says how they were made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from taskres.mini.world import World, WorldConfig
+
+MINI_DIR = Path(__file__).resolve().parent
+MODEL_NAME = "taskres-mini"
+CONFIG_PATH = MINI_DIR / f"{MODEL_NAME}.json"
+WEIGHTS_PATH = MINI_DIR / f"{MODEL_NAME}.safetensors"
+RECORD_PATH = MINI_DIR / f"{MODEL_NAME}.record.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class PretrainConfig:
+    out: Path
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 200
+    model_config: Path = CONFIG_PATH  # an open_clip model config (.json); its stem is the model name
+    threads: int | None = None
+    progress: bool = True
+    world: dict[str, Any] = field(default_factory=dict)  # WorldConfig overrides (image_size comes from the model)
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.model_config).stem
+
+
+def register_config(path: Path = CONFIG_PATH) -> str:
+    """Make open_clip know the model config at ``path``; returns the model name (the file's stem)."""
+    path = Path(path)
+    if path.stem not in open_clip.list_models():
+        open_clip.add_model_config(path)
+    return path.stem
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: the i-th image goes with the i-th caption (features already L2-normalised)."""
+    logits = logit_scale * image_features @ text_features.T
+    labels = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(progress, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+class BatchSource:
+    """Batch ``step`` is a pure function of (seed, step): pixels normalised as open_clip expects, tokens."""
+
+    def __init__(self, world: World, tokenizer, batch_size: int, seed: int, mean, std):
+        self.world = world
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mean = np.asarray(mean, dtype=np.float32)[None, :, None, None]
+        self.std = np.asarray(std, dtype=np.float32)[None, :, None, None]
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, step))
+        scenes = self.world.sample_scenes(self.batch_size, rng)
+        images = self.world.render(scenes, rng)
+        captions = self.world.captions(scenes, rng)
+        pixels = torch.from_numpy((images - self.mean) / self.std)
+        return pixels, self.tokenizer(captions)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # As CLIP: no decay on gains, biases and the temperature.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_fp16_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write the state dict as fp16 safetensors, atomically."""
+    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "model": Path(path).stem})
+    os.replace(tmp, path)
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) pretraining; returns the record also written next to the weights."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    name = register_config(cfg.model_config)
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    model.train()
+    tokenizer = open_clip.get_tokenizer(name)
+    model_cfg = open_clip.get_model_config(name)
+    image_size = model_cfg["vision_cfg"]["image_size"]
+    world_cfg = WorldConfig(**{"image_size": image_size, **cfg.world})
+    world = World(world_cfg)
+    mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    source = BatchSource(world, tokenizer, cfg.batch_size, cfg.seed, mean, std)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    max_logit_scale = math.log(100.0)
+
+    ckpt_path = out / CHECKPOINT_NAME
+    start, losses, elapsed = 0, [], 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, losses, elapsed = ckpt["step"], ckpt["losses"], ckpt["elapsed_s"]
+        if ckpt.get("seed") != cfg.seed or ckpt.get("batch_size") != cfg.batch_size:
+            raise ValueError(f"{ckpt_path} was written by a run with another seed or batch size; use a new --out")
+
+    def checkpoint(step: int) -> None:
+        _atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "losses": losses,
+                "elapsed_s": elapsed,
+                "seed": cfg.seed,
+                "batch_size": cfg.batch_size,
+            },
+            ckpt_path,
+        )
+
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not cfg.progress)
+    # Draw the next batch in a thread while the model trains on this one (numpy releases the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(source, start) if start < cfg.steps else None
+        for step in bar:
+            pixels, tokens = pending.result()
+            if step + 1 < cfg.steps:
+                pending = pool.submit(source, step + 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            image_features, text_features, logit_scale = model(pixels, tokens)[:3]
+            loss = clip_loss(image_features, text_features, logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, max_logit_scale)
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(logit_scale):.1f}")
+            elapsed = time.time() - t0
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                checkpoint(step + 1)
+    elapsed = time.time() - t0
+    final_step = max(start, cfg.steps)
+    checkpoint(final_step)
+
+    weights = out / f"{name}.safetensors"
+    save_fp16_weights(model, weights)
+    tail = losses[-50:] if losses else [float("nan")]
+    record = {
+        "model": name,
+        "model_config": model_cfg,
+        "seed": cfg.seed,
+        "steps": final_step,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "warmup_steps": cfg.warmup_steps,
+        "min_lr_ratio": cfg.min_lr_ratio,
+        "weight_decay": cfg.weight_decay,
+        "optimizer": "AdamW(betas=(0.9, 0.98), eps=1e-6), no decay on gains/biases/logit_scale",
+        "loss": "symmetric InfoNCE, learnable logit scale (init ln(1/0.07), clamp ln(100))",
+        "world": world_cfg.to_dict(),
+        "initial_loss": float(np.mean(losses[:20])) if losses else None,
+        "final_loss": float(np.mean(tail)),  # mean over the last 50 steps
+        "final_logit_scale": float(model.logit_scale.exp()),
+        "loss_curve": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
+        "wall_time_s": round(elapsed, 1),
+        "weights": weights.name,
+        "weights_dtype": "float16",
+        "versions": {
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "pretrain_config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+    _atomic_write_text(json.dumps(record, indent=2) + "\n", out / f"{name}.record.json")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, weights, record")
+    parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=PretrainConfig.lr)
+    parser.add_argument("--warmup-steps", type=int, default=PretrainConfig.warmup_steps)
+    parser.add_argument("--weight-decay", type=float, default=PretrainConfig.weight_decay)
+    parser.add_argument("--seed", type=int, default=PretrainConfig.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=PretrainConfig.checkpoint_every)
+    parser.add_argument("--model-config", type=Path, default=CONFIG_PATH, help="open_clip model config .json")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = PretrainConfig(
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        model_config=args.model_config,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    record = pretrain(cfg)
+    print(
+        f"wrote {Path(cfg.out) / record['weights']}: {record['steps']} steps, final loss "
+        f"{record['final_loss']:.4f}, {record['wall_time_s']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
