@@ -135,6 +135,20 @@ def encode_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, sample
     return feats[ok], _labels(samples)[ok]
 
 
+def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
+                  base: torch.Tensor | None = None, val_features=None, val_labels=None,
+                  progress: bool = True) -> FitContext:
+    """What a method sees of a run: tensors, class names and the backbone's text side."""
+    if base is None:
+        base = backbone.text_classifier(task.classnames, task.templates)
+    return FitContext(
+        task_name=task.name, classnames=task.classnames, templates=task.templates, text_classifier=base,
+        logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
+        backbone_identity=backbone.identity, val_features=val_features, val_labels=val_labels,
+        class_ids=task.class_ids, dataset_alpha=task.alpha, dataset_lr=task.lr, backbone=backbone,
+        progress=progress)
+
+
 def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
         cache: FeatureCache | None = None) -> FitResult:
     """Sample the few shots, encode (cached), fit the method, evaluate, and write the run folder."""
@@ -152,16 +166,12 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
         write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
         write_json_atomic(run_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
-    base = backbone.text_classifier(task.classnames, task.templates)
+    base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
     train = training_source(cfg, backbone, cache, split)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
-    ctx = FitContext(
-        task_name=task.name, classnames=task.classnames, templates=task.templates, text_classifier=base,
-        logit_scale=backbone.logit_scale, train=train, shots=split.shots, seed=cfg.seed,
-        backbone_identity=backbone.identity, val_features=val_feats, val_labels=val_labels,
-        class_ids=task.class_ids, dataset_alpha=task.alpha, dataset_lr=task.lr, backbone=backbone,
-        progress=cfg.progress)
+    ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
+                        val_features=val_feats, val_labels=val_labels, progress=cfg.progress)
     torch.manual_seed(cfg.seed)
     fit_started = time.time()
     classifier = method.fit(ctx)

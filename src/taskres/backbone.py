@@ -195,8 +195,11 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
             f"checkpoint elsewhere and pass its path: --pretrained /path/to/{cfg.name}.safetensors "
             "(or .pt/.bin)"
         )
-    # open_clip logs a warning for random weights and retries downloads noisily; keep our own messages.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    # open_clip logs through the root logger (a warning for random weights, noisy download retries):
+    # quiet it while the model is built, then restore the level so our own warnings still show.
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(max(level, logging.ERROR + 1))
     try:
         if is_hub:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -209,6 +212,8 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     except RuntimeError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BackboneError(f"could not load {cfg.name} with --pretrained {cfg.pretrained}: {msg}") from None
+    finally:
+        root_logger.setLevel(level)
     # Encoders run in fp32 weights; fp16/bf16 only through autocast, so the frozen weights stay exact.
     tokenizer = open_clip.get_tokenizer(cfg.name)
     return Backbone(model, tokenizer, preprocess, cfg, pretrained)

@@ -105,7 +105,7 @@ class TaskRes(Method):
                                  ctx.dataset_alpha, ctx.dataset_lr)
         return replace(params, **{k: v for k, v in ref.items() if getattr(params, k) is None})
 
-    def fit(self, ctx: FitContext, base: torch.Tensor | None = None) -> CosineClassifier:
+    def fit(self, ctx: FitContext, base: torch.Tensor | None = None, on_step=None) -> CosineClassifier:
         params = self.resolved_params(ctx)
         base = (ctx.text_classifier if base is None else base).float()
         residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros
@@ -121,7 +121,7 @@ class TaskRes(Method):
 
             history = train_loop([residual], None, source, schedule, batch_size=params.batch_size,
                                  weight_decay=params.weight_decay, seed=ctx.seed, progress=ctx.progress,
-                                 desc="TaskRes", grad_fn=grad_fn)
+                                 desc="TaskRes", grad_fn=grad_fn, on_step=on_step)
         elif params.gradient == "autograd":
             def loss_fn(feats, labels):
                 logits = taskres_logits(feats, base, residual, params.alpha, ctx.logit_scale)
@@ -129,7 +129,7 @@ class TaskRes(Method):
 
             history = train_loop([residual], loss_fn, ctx.train, schedule, batch_size=params.batch_size,
                                  weight_decay=params.weight_decay, seed=ctx.seed, progress=ctx.progress,
-                                 desc="TaskRes")
+                                 desc="TaskRes", on_step=on_step)
         else:
             raise ValueError(f"--set gradient must be 'closed_form' or 'autograd', not {params.gradient!r}")
         meta = ctx.meta(self.name, params, loss_history=history)

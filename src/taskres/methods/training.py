@@ -48,11 +48,13 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
 def train_loop(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                source, schedule: Schedule, *, batch_size: int, weight_decay: float, seed: int,
                progress: bool = True, desc: str = "training",
-               grad_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+               grad_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               on_step: Callable[[int, int, float, float], None] | None = None) -> list[float]:
     """Run the schedule over ``source`` and return the mean loss of each epoch.
 
     ``loss_fn(features, labels)`` gives the loss. A method with a closed-form gradient passes
     ``grad_fn(features, labels) -> loss`` instead, which must fill ``.grad`` of ``params`` itself.
+    ``on_step(epoch, step, lr, loss)`` is called after every optimiser step (for tests and logging).
     """
     from tqdm.auto import tqdm
 
@@ -75,6 +77,8 @@ def train_loop(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
                 loss.backward()
             check_finite(loss, epoch, step)
             opt.step()
+            if on_step is not None:
+                on_step(epoch, step, opt.param_groups[0]["lr"], float(loss.detach()))
             total += loss.detach()
             steps += 1
         history.append(float(total) / max(steps, 1))

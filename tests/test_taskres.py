@@ -1,0 +1,175 @@
+"""TaskRes pinned to the facts of REFERENCE.md: forward pass, gradient, optimiser, schedule, defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from taskres.classifier import (ClassifierMeta, CosineClassifier, cosine_logits, load_classifier, logit_scale_exp,
+                               save_classifier)
+from taskres.features import CachedViews
+from taskres.methods import TrainingError, get_method
+from taskres.methods.base import FitContext
+from taskres.methods.taskres import TaskRes, TaskResParams, reference_defaults, taskres_logits, \
+    taskres_loss_and_grad
+from taskres.methods.training import Schedule, epoch_batches, train_loop
+
+C, D = 5, 16
+
+
+def separable_context(n_per_class=8, views=1, seed=0, noise=0.3, **kw) -> FitContext:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(C, D, generator=g)
+    labels = torch.arange(C).repeat_interleave(n_per_class)
+    feats = centres[labels][None] + noise * torch.randn(views, len(labels), D, generator=g)
+    base = centres[[1, 0, 2, 3, 4]] + 0.5 * torch.randn(C, D, generator=g)  # useful but wrong on 2 classes
+    return FitContext(task_name="synthetic", classnames=[f"c{i}" for i in range(C)], templates=["{}"],
+                      text_classifier=base, logit_scale=math.log(100.0), train=CachedViews(feats, labels, seed),
+                      shots=n_per_class, seed=seed, backbone_identity={"model": "synthetic", "fingerprint": "0"},
+                      progress=False, **kw)
+
+
+def test_zero_residual_gives_exactly_the_zero_shot_logits():
+    ctx = separable_context()
+    zs = get_method("zeroshot").fit(ctx)
+    tr = get_method("taskres", {"epochs": 0}).fit(ctx)
+    f = torch.randn(7, D)
+    assert torch.equal(tr.residual, torch.zeros(C, D))
+    assert torch.equal(zs(f), tr(f))
+    expected = 100.0 * F.normalize(f, dim=-1) @ F.normalize(ctx.text_classifier, dim=-1).t()
+    torch.testing.assert_close(zs(f), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_forward_is_the_papers_equation():
+    base, x, f = torch.randn(C, D), torch.randn(C, D), torch.randn(3, D)
+    alpha, scale = 0.5, math.log(100.0)
+    t_prime = base + alpha * x  # alpha applied before any normalisation
+    expected = 100.0 * (f / f.norm(dim=1, keepdim=True)) @ (t_prime / t_prime.norm(dim=1, keepdim=True)).t()
+    torch.testing.assert_close(taskres_logits(f, base, x, alpha, scale), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_closed_form_gradient_matches_autograd(alpha):
+    g = torch.Generator().manual_seed(3)
+    f = F.normalize(torch.randn(11, D, generator=g), dim=-1)
+    y = torch.randint(C, (11,), generator=g)
+    base = torch.randn(C, D, generator=g, dtype=torch.float64)
+    x = (0.3 * torch.randn(C, D, generator=g, dtype=torch.float64)).requires_grad_()
+    loss = F.cross_entropy(taskres_logits(f.double(), base, x, alpha, math.log(100.0)), y)
+    loss.backward()
+    scale = logit_scale_exp(math.log(100.0))  # the same float32-rounded temperature as the forward pass
+    closed_loss, closed_grad = taskres_loss_and_grad(f.double(), y, base, x.detach(), alpha, scale)
+    torch.testing.assert_close(closed_loss, loss.detach())
+    torch.testing.assert_close(closed_grad, x.grad)
+
+
+def test_closed_form_and_autograd_training_agree_step_for_step():
+    ctx = separable_context(views=3)
+    losses = {}
+    results = {}
+    for mode in ("closed_form", "autograd"):
+        rec = []
+        clf = TaskRes(TaskResParams(epochs=6, lr=2e-3, batch_size=8, gradient=mode)).fit(
+            ctx, on_step=lambda e, s, lr, loss: rec.append(loss))
+        losses[mode], results[mode] = rec, clf.residual
+    assert len(losses["closed_form"]) == 6 * 5
+    torch.testing.assert_close(torch.tensor(losses["closed_form"]), torch.tensor(losses["autograd"]))
+    torch.testing.assert_close(results["closed_form"], results["autograd"], rtol=1e-4, atol=1e-6)
+
+
+def test_optimiser_is_adam_with_coupled_weight_decay():
+    """One step by hand: Adam whose gradient includes 5e-4 * x (L2), not AdamW's decoupled decay."""
+    ctx = separable_context(n_per_class=2)
+    params = TaskResParams(epochs=1, lr=1e-3, warmup_lr=1e-3, batch_size=256)
+    base = ctx.text_classifier
+    # one epoch, one batch of all 10 samples; start from x = 0, so the first step is -lr * sign(grad)
+    clf = TaskRes(params).fit(ctx)
+    feats = F.normalize(ctx.train.views[0], dim=-1)
+    idx = epoch_batches(10, 256, torch.Generator().manual_seed(ctx.seed))[0]
+    _, grad = taskres_loss_and_grad(feats[idx], ctx.train.labels[idx], base, torch.zeros(C, D), 0.5, 100.0)
+    m, v = 0.1 * grad, 0.001 * grad ** 2
+    step = 1e-3 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8)
+    torch.testing.assert_close(clf.residual, -step, rtol=1e-4, atol=1e-7)
+    # a second step from a nonzero x differs between coupled L2 and decoupled decay: check coupled
+    x = torch.nn.Parameter(torch.ones(C, D))
+    x.grad = torch.zeros(C, D)
+    from taskres.methods.training import make_adam
+
+    opt = make_adam([x], lr=1e-3, weight_decay=5e-4)
+    opt.step()
+    # with zero loss gradient, coupled L2 makes the gradient 5e-4 * x: Adam moves x by -lr (sign), AdamW by lr*wd
+    torch.testing.assert_close(x.detach(), torch.full((C, D), 1 - 1e-3), rtol=0, atol=1e-6)
+
+
+def test_schedule_matches_reference_formula_epoch_by_epoch():
+    lr, epochs = 2e-3, 12
+    seen = {}
+    ctx = separable_context(n_per_class=1)
+    TaskRes(TaskResParams(epochs=epochs, lr=lr)).fit(ctx, on_step=lambda e, s, l, loss: seen.setdefault(e, l))
+    assert sorted(seen) == list(range(epochs))
+    assert seen[0] == 1e-5  # warm-up epoch at constant 1e-5
+    for e in range(1, epochs):
+        assert seen[e] == pytest.approx(0.5 * lr * (1 + math.cos(math.pi * (e - 1) / epochs)), rel=1e-12)
+    assert Schedule(lr, epochs).lr_at(1) == pytest.approx(lr)
+
+
+def test_batches_drop_last_only_when_the_set_is_large():
+    g = torch.Generator().manual_seed(0)
+    small = epoch_batches(100, 256, g)
+    assert [len(b) for b in small] == [100]
+    large = epoch_batches(600, 256, g)
+    assert [len(b) for b in large] == [256, 256]
+    assert len(set(torch.cat(large).tolist())) == 512
+
+
+def test_reference_defaults():
+    assert reference_defaults("oxford_flowers", "RN50", 16, 1.0, None) == {"alpha": 1.0, "lr": 2e-3, "epochs": 200}
+    assert reference_defaults("dtd", "RN50", 4, 0.5, None) == {"alpha": 0.5, "lr": 2e-3, "epochs": 100}
+    assert reference_defaults("imagenet", "RN50", 16, 0.5, 2e-4)["lr"] == 2e-4
+    assert reference_defaults("dtd", "ViT-B-16", 1, 0.5, None) == {"alpha": 0.5, "lr": 2e-4, "epochs": 200}
+    from taskres.datasets.coop import SPLIT_JSON_DATASETS
+
+    assert {n: v[4] for n, v in SPLIT_JSON_DATASETS.items() if v[4] != 0.5} == {"oxford_flowers": 1.0}
+
+
+def test_taskres_learns_a_separable_task_and_keeps_the_prior_at_start():
+    ctx = separable_context(n_per_class=16, views=2)
+    test = separable_context(n_per_class=20, seed=0)  # same centres (same seed), fresh noise below
+    g = torch.Generator().manual_seed(9)
+    labels = test.train.labels
+    feats = test.train.views[0] + 0.3 * torch.randn(len(labels), D, generator=g)
+    zs_acc = (get_method("zeroshot").fit(ctx)(feats).argmax(1) == labels).float().mean()
+    tr_acc = (TaskRes(TaskResParams(epochs=100, lr=5e-2)).fit(ctx)(feats).argmax(1) == labels).float().mean()
+    assert tr_acc > 0.9
+    assert tr_acc > zs_acc + 0.1
+
+
+def test_saved_classifier_reloads_to_identical_logits(tmp_path):
+    ctx = separable_context()
+    clf = TaskRes(TaskResParams(epochs=3)).fit(ctx)
+    save_classifier(clf, tmp_path / "c.safetensors")
+    back = load_classifier(tmp_path / "c.safetensors")
+    f = torch.randn(9, D)
+    assert isinstance(back, CosineClassifier)
+    assert torch.equal(clf(f), back(f))
+    assert back.alpha == clf.alpha and back.classnames == clf.classnames
+    assert back.meta.backbone == ctx.backbone_identity
+
+
+def test_non_finite_loss_is_a_clear_error():
+    ctx = separable_context()
+    ctx.train.views[0, 0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="loss became nan"):
+        TaskRes(TaskResParams(epochs=2, gradient="autograd")).fit(ctx)
+
+
+def test_cosine_logits_use_clip_temperature():
+    meta = ClassifierMeta(["a", "b"], {}, "x")
+    w = torch.randn(2, D)
+    clf = CosineClassifier(meta, w, None, 0.0, math.log(100.0))
+    f = torch.randn(4, D)
+    torch.testing.assert_close(clf(f), cosine_logits(f, w, math.log(100.0)))
+    assert clf(f).abs().max() <= 100.0 + 1e-3
