@@ -55,24 +55,29 @@ def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.T
 
 def taskres_loss_and_grad(feats_normed: torch.Tensor, labels: torch.Tensor, base: torch.Tensor,
                           residual: torch.Tensor, alpha: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and its exact gradient w.r.t. the residual, without autograd.
+    """Cross-entropy and its exact gradient w.r.t. the residual x, without autograd.
 
-    With w = t' / |t'| row-wise, z = s f w^T and g = (softmax(z) - onehot(y)) / B:
-    dL/dw = s g^T f;  dL/dt' = (dL/dw - w * <dL/dw, w>) / |t'|;  dL/dx = alpha * dL/dt'.
-    ``feats_normed`` must already be L2-normalised.
+    With t' = t + alpha x, n_c = |t'_c|, d_bc = f_b . t'_c, z_bc = s d_bc / n_c and g = (softmax(z) - onehot) / B:
+
+        dL/dx_c = alpha (s / n_c) [ sum_b g_bc f_b  -  (sum_b g_bc d_bc / n_c^2) t'_c ]
+
+    The normalisation of t' is folded into per-class scalings of g, so besides the two matrix products
+    only three passes over the [C, D] weights are needed. ``feats_normed`` must be L2-normalised.
     """
-    weights = torch.add(base, residual, alpha=alpha)
-    norms = weights.norm(dim=1, keepdim=True)
-    w = weights / norms
-    logits = torch.mm(feats_normed, w.t()).mul_(scale)
-    logp = torch.log_softmax(logits, dim=1)
+    weights = torch.add(base, residual, alpha=alpha)  # t' = t + alpha * x
+    norms = torch.linalg.vector_norm(weights, dim=1)
+    dots = torch.mm(feats_normed, weights.t())  # d [B, C]
+    col = scale / norms  # s / n_c
+    logp = torch.log_softmax(dots * col, dim=1)
     loss = -logp.gather(1, labels[:, None]).mean()
     g = logp.exp_()
     g[torch.arange(len(labels)), labels] -= 1.0
-    g.mul_(scale / len(labels))
-    grad_w = torch.mm(g.t(), feats_normed)
-    grad_w.sub_(w * (grad_w * w).sum(dim=1, keepdim=True)).div_(norms).mul_(alpha)
-    return loss, grad_w
+    g.div_(len(labels))
+    coef = (g * dots).sum(dim=0).mul_(col).div_(norms.square()).mul_(alpha)
+    g.mul_(col * alpha)
+    grad = torch.mm(g.t(), feats_normed)
+    grad.addcmul_(weights, coef[:, None], value=-1.0)
+    return loss, grad
 
 
 class _NormalisedSource:

@@ -35,8 +35,11 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
 
 
 def make_adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
-    # Coupled L2 (torch Adam's weight_decay), as the reference: not AdamW.
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    # Coupled L2 (torch Adam's weight_decay), as the reference: not AdamW. The fused kernel does the whole
+    # update in one pass over the parameters (the same algorithm; it matters at 1,000 x 1,024 per step).
+    params = list(params)
+    fused = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None)
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
