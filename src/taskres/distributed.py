@@ -1,0 +1,239 @@
+"""``taskres extract``: encode dataset splits into the feature cache, on one process or across many.
+
+One process::
+
+    taskres extract --dataset caltech101 --data-root DATA --shots 16 --seed 1
+
+Several, on one node or many (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT; gloo on CPU, nccl on CUDA)::
+
+    torchrun --nproc-per-node 8 -m taskres extract --dataset imagenet --data-root DATA --split train --device cuda
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        -m taskres extract ...      # --cache-dir must then be a filesystem every node shares
+
+Work is cut by cache shard. Every rank lists the shards still missing over all the entries asked for; after
+a barrier (so that all ranks saw the same list) item j of that list goes to rank j % world, which on a fresh
+run is shard i -> rank i % world, and after a crash spreads the leftovers over all ranks. Each rank writes
+its own shards (atomically); after a second barrier rank 0 checks that every shard is there and writes each
+entry's index. A shard's rows do not depend on which process encoded it (batches are cut from the shard's
+start), so the cache is the one a single process writes. A killed run is restarted with the same command:
+finished shards are kept, only missing ones are encoded.
+
+The entries are exactly those ``taskres fit`` reads with the same options: with ``--shots K --seed S`` the
+few-shot train images (``--views`` augmented views of seed S, or the test transform with ``--no-augment``)
+and their few-shot val images; the other splits in full with the test transform.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+import torch
+
+from .backbone import BackboneConfig, load_backbone
+from .cli import add_backbone_args, add_data_args, backbone_config
+from .datasets import load_dataset, make_fewshot_split
+from .features import DEFAULT_SHARD_SIZE, STORE_DTYPES, CacheEntry, FeatureCache, View, default_cache_dir
+
+DEFAULT_VIEWS = 10  # as ``taskres fit``
+# Test hook: "RANK:COUNT" makes that rank die abruptly (no cleanup) after writing COUNT shards.
+KILL_HOOK = "TASKRES_TEST_KILL_AFTER_SHARDS"
+
+
+@dataclass
+class ExtractConfig:
+    dataset: str
+    data_root: str | None = None
+    splits: tuple[str, ...] = ("train", "val", "test")
+    shots: int | None = None  # None: whole splits; K: the few-shot train/val images of ``fit --shots K``
+    seed: int = 1  # few-shot draw and augmentation seed (as ``fit --seed``)
+    views: int = DEFAULT_VIEWS  # augmented views of the train images
+    augment: bool = True  # False: the train images under the test transform (``fit --no-augment``)
+    allow_fewer_shots: bool = False
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    cache_dir: str | None = None  # None: $TASKRES_CACHE/features
+    shard_size: int = DEFAULT_SHARD_SIZE
+    store: str = "fp32"  # fp32 | fp16 (fp16 entries are separate; ``fit`` reads fp32 ones)
+    batch_size: int = 128
+    num_workers: int | None = None
+    skip_bad_images: bool = False
+    progress: bool = True
+    dist_timeout_s: float = 7200.0  # how long a rank may wait for the others at a barrier
+
+
+@dataclass
+class ExtractResult:
+    entries: list[CacheEntry]
+    encoded_shards: int  # by this rank
+    encoded_images: int  # by this rank
+    cached_shards: int  # already on disk when the run started (all ranks' view)
+    rank: int = 0
+    world: int = 1
+
+
+@dataclass
+class _Group:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @classmethod
+    def from_env(cls) -> "_Group":
+        env = os.environ
+        try:
+            return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
+                       int(env.get("LOCAL_WORLD_SIZE", 1)))
+        except ValueError:
+            raise ValueError("RANK/WORLD_SIZE/LOCAL_RANK must be integers (they are set by torchrun)") from None
+
+    def start(self, device: torch.device, timeout_s: float) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def rank_device(device: str, group: _Group) -> str:
+    """Plain ``cuda`` means this rank's own GPU (LOCAL_RANK) under torchrun."""
+    return f"cuda:{group.local_rank}" if device == "cuda" and group.world > 1 else device
+
+
+def planned_views(cfg: ExtractConfig):
+    """(description, samples, view) for every cache entry the options ask for, as ``fit`` would read them."""
+    task = load_dataset(cfg.dataset, cfg.data_root)
+    few = make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots) if cfg.shots else None
+    if cfg.augment and cfg.views < 1:
+        raise ValueError(f"--views must be at least 1, not {cfg.views}")
+    for name in cfg.splits:
+        if name == "train":
+            samples = few.train if few else task.train
+            views = [View("aug", v, cfg.seed) for v in range(cfg.views)] if cfg.augment else [View()]
+        else:
+            samples = few.val if (few and name == "val") else task.split(name)
+            views = [View()]
+        for view in views:
+            label = f"{name} view {view.index + 1}/{len(views)}" if view.kind == "aug" else f"{name} (test transform)"
+            if samples:
+                yield label, samples, view
+
+
+def _kill_hook(rank: int):
+    spec = os.environ.get(KILL_HOOK, "")
+    if not spec:
+        return None
+    who, count = (int(x) for x in spec.split(":"))
+    return int(count) if who == rank else None
+
+
+def extract(cfg: ExtractConfig) -> ExtractResult:
+    """Encode the planned entries into the cache; under torchrun each rank takes its share of the shards."""
+    if cfg.cache_dir == "":
+        raise ValueError("--cache-dir '' keeps no cache: extract needs a cache folder")
+    group = _Group.from_env()
+    bcfg = replace(cfg.backbone, device=rank_device(cfg.backbone.device, group))
+    if bcfg.device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(bcfg.device))
+    group.start(torch.device(bcfg.device), cfg.dist_timeout_s)
+    try:
+        return _extract(cfg, bcfg, group)
+    finally:
+        group.close()
+
+
+def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> ExtractResult:
+    backbone = load_backbone(bcfg)
+    cache = FeatureCache(cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(), cfg.shard_size,
+                         cfg.store)
+    entries, labels = [], []
+    for label, samples, view in planned_views(cfg):
+        entries.append(cache.entry(backbone, samples, view))
+        labels.append(label)
+    todo = [e for e in entries if cache.open(e) is None]
+    work = [(e, i) for e in todo for i in cache.missing_shards(e)]
+    total_shards = sum(e.num_shards for e in entries)
+    group.barrier()  # every rank has listed the missing shards before any rank writes one
+    mine = work[group.rank::group.world]
+    workers = cfg.num_workers
+    rows = sum(e.rows(i)[1] - e.rows(i)[0] for e, i in mine)
+    if workers is None and group.local_world > 1:  # share the node's cores between its ranks
+        workers = 0 if rows <= 2 * cfg.batch_size else max(1, min(8, (os.cpu_count() or 1) // group.local_world))
+    kill_after = _kill_hook(group.rank)
+    started = time.time()
+    done = 0
+    for _ in cache.encode(backbone, mine, batch_size=cfg.batch_size, num_workers=workers,
+                          skip_bad=cfg.skip_bad_images, progress=cfg.progress and group.rank == 0,
+                          desc=f"encoding (rank {group.rank}/{group.world})" if group.world > 1 else "encoding"):
+        done += 1
+        if kill_after is not None and done >= kill_after:
+            sys.stdout.flush()
+            os._exit(17)  # a hard kill: no cleanup, no index, workers orphaned as with SIGKILL
+    seconds = time.time() - started
+    prefix = f"rank {group.rank}/{group.world}: " if group.world > 1 else ""
+    print(f"{prefix}encoded {done} shard(s) ({rows} images) in {seconds:.1f} s", flush=True)
+    group.barrier()  # every rank's shards are on disk
+    if group.rank == 0:
+        for entry, label in zip(entries, labels):
+            feats = cache.finish(entry, backbone, clean_temp=True) if entry in todo else cache.open(entry)
+            bad = len(feats.bad_rows)
+            note = f", {bad} unreadable image(s) skipped" if bad else ""
+            print(f"{label}: {entry.n} images x {feats.dim} ({entry.store}) in {entry.directory}{note}", flush=True)
+        print(f"cache filled: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total_shards} shard(s), "
+              f"{total_shards - len(work)} were already cached", flush=True)
+    return ExtractResult(entries, done, rows, total_shards - len(work), group.rank, group.world)
+
+
+def cmd_extract(args) -> int:
+    cfg = ExtractConfig(
+        dataset=args.dataset, data_root=args.data_root, splits=tuple(args.split or ("train", "val", "test")),
+        shots=args.shots, seed=args.seed, views=args.views, augment=not args.no_augment,
+        allow_fewer_shots=args.allow_fewer_shots, backbone=backbone_config(args), cache_dir=args.cache_dir,
+        shard_size=args.shard_size, store=args.store, batch_size=args.batch_size, num_workers=args.workers,
+        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout)
+    extract(cfg)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract", help="encode dataset splits into the feature cache (one process, or many under torchrun)",
+        description="Encode dataset splits into the feature cache. Under torchrun (torchrun --nproc-per-node N "
+                    "-m taskres extract ...) the shards are shared between the ranks; a killed run resumes.")
+    add_data_args(p)
+    add_backbone_args(p)
+    p.add_argument("--split", action="append", default=None,
+                   help="split to encode (repeatable; default: train, val and test)")
+    p.add_argument("--shots", type=int, default=None,
+                   help="encode the few-shot train/val images that 'fit --shots K --seed S' uses (default: whole "
+                        "splits)")
+    p.add_argument("--seed", type=int, default=1, help="few-shot and augmentation seed (as fit's --seed)")
+    p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views of each train image")
+    p.add_argument("--no-augment", action="store_true", help="train images under the test transform only")
+    p.add_argument("--allow-fewer-shots", action="store_true", help="as fit's --allow-fewer-shots")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help=f"images per cache shard, the unit of work and of resumption (default {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--store", default="fp32", choices=sorted(STORE_DTYPES),
+                   help="storage type; fp16 halves disk and page cache (separate entries: fit reads fp32 ones)")
+    p.add_argument("--dist-timeout", type=float, default=7200.0,
+                   help="seconds a rank may wait for the others at a barrier (torchrun)")
+    p.set_defaults(func=cmd_extract)
