@@ -4,17 +4,37 @@ from __future__ import annotations
 
 from ..classifier import CosineClassifier
 from .base import FitContext, Method, TrainingError, parse_overrides
+from .clip_adapter import AdapterClassifier, ClipAdapter
+from .common import LinearClassifier
+from .coop import CoOp
+from .gda import GDA
+from .linear_probe import LinearProbe
+from .lpp import LPP
 from .taskres import TaskRes
+from .taskres_enhanced import TaskResEnhanced
+from .tip_adapter import CacheClassifier, TipAdapter, TipAdapterF
 from .zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShot,
     "taskres": TaskRes,
+    # comparison methods (issue 3)
+    "linear_probe": LinearProbe,
+    "coop": CoOp,
+    "clip_adapter": ClipAdapter,
+    "tip_adapter": TipAdapter,
+    "tip_adapter_f": TipAdapterF,
+    "taskres_enhanced": TaskResEnhanced,
+    "lpp": LPP,
+    "gda": GDA,
 }
 
 # Classifier kinds that load_classifier understands.
 CLASSIFIERS = {
     CosineClassifier.kind: CosineClassifier,
+    LinearClassifier.kind: LinearClassifier,
+    AdapterClassifier.kind: AdapterClassifier,
+    CacheClassifier.kind: CacheClassifier,
 }
 
 

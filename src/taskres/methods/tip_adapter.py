@@ -1,0 +1,199 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
+Classification", ECCV 2022).
+
+A key-value cache built from the few shots: keys K = normalised training features (the mean of each image's
+augmented views, as the reference averages 10 augmented passes), values V = one-hot labels. For a normalised
+image feature f:
+
+    A = f @ K^T                                   (cosine affinities)
+    logits = s * f @ normalize(t)^T + alpha * exp(-beta * (1 - A)) @ V
+
+with s = exp(logit_scale) (100 for CLIP; the reference writes 100). alpha and beta are searched on the few-shot
+validation split over the reference's grid. Tip-Adapter-F also fine-tunes the keys (AdamW, lr 0.001, 20 epochs,
+batch 256, per-step cosine), keeping the epoch with the best validation accuracy (the reference picks that
+epoch on the test set; here the test set is never seen), then searches alpha and beta again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..classifier import Classifier, ClassifierMeta, logit_scale_exp
+from .base import FitContext, Method
+from .common import (StepCosine, accuracy, check_classes, check_epochs, has_val, linspace_grid, normalized_text,
+                     require_positive, run_epochs, train_matrix, warn_no_val, zero_shot_logits)
+from .training import epoch_batches
+
+
+@dataclass
+class TipAdapterParams:
+    # Source: gaopengcuhk/Tip-Adapter configs/imagenet.yaml and oxford_pets.yaml (other datasets' files
+    # use their own scales, e.g. dtd [13, 13], eurosat [12, 10]; pass them with --set search_scale=B,A).
+    alpha: float | None = None  # None: searched on the val split; a number fixes it (0 = zero-shot CLIP)
+    beta: float | None = None  # None: searched on the val split
+    init_alpha: float = 1.17  # used without a val split, and while fine-tuning the keys (Tip-Adapter-F)
+    init_beta: float = 1.0
+    search_scale: list = field(default_factory=lambda: [7.0, 3.0])  # largest beta, largest alpha
+    search_step: list = field(default_factory=lambda: [200, 20])  # grid points for beta, alpha
+    keys: str = "mean"  # cache keys: "mean" of each image's cached views, or "one" view each
+
+
+@dataclass
+class TipAdapterFParams(TipAdapterParams):
+    # Source: Tip-Adapter main.py run_tip_adapter_F and configs/*.yaml (lr 0.001, train_epoch 20, batch 256).
+    lr: float = 0.001
+    epochs: int = 20
+    batch_size: int = 256
+    eps: float = 1e-4  # torch.optim.AdamW(..., eps=1e-4)
+    weight_decay: float = 0.01  # AdamW's default, which the reference keeps
+
+
+def cache_logits(features_normed: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                 beta: float) -> torch.Tensor:
+    affinity = features_normed @ keys.t()
+    return torch.exp(-beta * (1 - affinity)) @ values
+
+
+class CacheClassifier(Classifier):
+    """Tip-Adapter's head: zero-shot logits plus alpha times the cache model's logits.
+
+    ``text`` is the zero-shot classifier already normalised (stored as given, so loading is exact).
+    """
+
+    kind = "tip_adapter"
+
+    def __init__(self, meta: ClassifierMeta, text: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
+                 alpha: float, beta: float, logit_scale: float):
+        super().__init__(meta)
+        self.register_buffer("text", text.detach().float().cpu().clone())
+        self.register_buffer("keys", keys.detach().float().cpu().clone())
+        # V is one-hot: the file keeps the labels (the one-hot matrix would be N x C floats).
+        self.register_buffer("labels", labels.detach().long().cpu().clone())
+        self.register_buffer("values", F.one_hot(self.labels, text.shape[0]).float())
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(features.float(), dim=-1)
+        logits = zero_shot_logits(f, self.text, self.logit_scale)
+        if self.alpha != 0:
+            logits = logits + self.alpha * cache_logits(f, self.keys, self.values, self.beta)
+        return logits
+
+    def tensors(self):
+        return {"text": self.text, "keys": self.keys, "labels": self.labels}
+
+    def config(self):
+        return {"alpha": self.alpha, "beta": self.beta, "logit_scale": self.logit_scale}
+
+    @classmethod
+    def from_tensors(cls, tensors, meta, config):
+        return cls(meta, tensors["text"], tensors["keys"], tensors["labels"], config["alpha"], config["beta"],
+                   config["logit_scale"])
+
+
+def build_cache(ctx: FitContext, keys: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys K (normalised), values V (one-hot) and the labels behind V."""
+    if keys not in ("mean", "one"):
+        raise ValueError(f"--set keys must be 'mean' or 'one', not {keys!r}")
+    feats, labels = train_matrix(ctx, keys)
+    check_classes(ctx, labels)
+    return F.normalize(feats, dim=-1), F.one_hot(labels, ctx.num_classes).float(), labels
+
+
+def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torch.Tensor, text_normed: torch.Tensor,
+                      ctx: FitContext) -> tuple[float, float, float | None]:
+    """The reference's grid search on the val split: every beta, then every alpha; the first best wins."""
+    fixed_alpha, fixed_beta = params.alpha, params.beta
+    if fixed_alpha is not None and fixed_beta is not None:
+        return float(fixed_alpha), float(fixed_beta), None
+    if not has_val(ctx):
+        warn_no_val("Tip-Adapter", f"alpha={params.init_alpha}, beta={params.init_beta}")
+        return (float(params.init_alpha if fixed_alpha is None else fixed_alpha),
+                float(params.init_beta if fixed_beta is None else fixed_beta), None)
+    if len(params.search_scale) != 2 or len(params.search_step) != 2:
+        raise ValueError("--set search_scale and search_step take two values each: BETA,ALPHA")
+    betas = [float(fixed_beta)] if fixed_beta is not None else linspace_grid(params.search_scale[0],
+                                                                             params.search_step[0])
+    alphas = torch.tensor([float(fixed_alpha)] if fixed_alpha is not None else
+                          linspace_grid(params.search_scale[1], params.search_step[1]))
+    f = F.normalize(ctx.val_features.float(), dim=-1)
+    labels = ctx.val_labels
+    zs = zero_shot_logits(f, text_normed, ctx.logit_scale)
+    best = (-1.0, 0.0, 0.0)
+    for beta in betas:
+        cache = cache_logits(f, keys, values, beta)
+        # every alpha at once: [A, N, C]
+        correct = ((zs[None] + alphas[:, None, None] * cache[None]).argmax(dim=2) == labels[None]).float()
+        accs = correct.mean(dim=1)
+        i = int(accs.argmax())  # first maximum: the smallest alpha among ties, as the reference's strict '>'
+        if float(accs[i]) > best[0]:
+            best = (float(accs[i]), float(alphas[i]), float(beta))
+    return best[1], best[2], best[0]
+
+
+@dataclass
+class TipAdapter(Method):
+    name = "tip_adapter"
+    Params = TipAdapterParams
+    description = "Tip-Adapter: training-free key-value cache of the few shots, alpha/beta searched on val"
+
+    def fit(self, ctx: FitContext) -> CacheClassifier:
+        params = self.params or TipAdapterParams()
+        keys, values, labels = build_cache(ctx, params.keys)
+        text = normalized_text(ctx)
+        alpha, beta, val_acc = search_alpha_beta(params, keys, values, text, ctx)
+        meta = ctx.meta(self.name, params, alpha=alpha, beta=beta, val_top1=val_acc)
+        return CacheClassifier(meta, text, keys, labels, alpha, beta, ctx.logit_scale)
+
+
+@dataclass
+class TipAdapterF(Method):
+    name = "tip_adapter_f"
+    Params = TipAdapterFParams
+    description = "Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs)"
+
+    def fit(self, ctx: FitContext) -> CacheClassifier:
+        params = self.params or TipAdapterFParams()
+        check_epochs(params.epochs)
+        require_positive("lr", params.lr)
+        keys0, values, labels = build_cache(ctx, params.keys)
+        text = normalized_text(ctx)
+        keys = torch.nn.Parameter(keys0.clone())  # the reference's adapter: a Linear layer initialised to K
+        scale_alpha, scale_beta = params.init_alpha, params.init_beta
+
+        def forward(f_normed):
+            return zero_shot_logits(f_normed, text, ctx.logit_scale) + scale_alpha * cache_logits(
+                f_normed, keys, values, scale_beta)
+
+        def loss_fn(feats, labels):
+            return F.cross_entropy(forward(F.normalize(feats, dim=-1)), labels)
+
+        best = {"acc": -1.0, "epoch": -1, "keys": keys0.clone()}
+        val_f = F.normalize(ctx.val_features.float(), dim=-1) if has_val(ctx) else None
+
+        def on_epoch_end(epoch):
+            if val_f is None:
+                best.update(epoch=epoch, keys=keys.detach().clone())
+                return
+            with torch.no_grad():
+                acc = accuracy(forward(val_f), ctx.val_labels)
+            if acc > best["acc"]:
+                best.update(acc=acc, epoch=epoch, keys=keys.detach().clone())
+
+        steps = len(epoch_batches(ctx.train.num_samples, params.batch_size, torch.Generator().manual_seed(0)))
+        schedule = StepCosine(params.lr, params.epochs, steps)
+        optimizer = torch.optim.AdamW([keys], lr=params.lr, eps=params.eps, weight_decay=params.weight_decay)
+        history = run_epochs([keys], loss_fn, ctx.train, schedule, optimizer, batch_size=params.batch_size,
+                             seed=ctx.seed, progress=ctx.progress, desc="Tip-Adapter-F", on_epoch_end=on_epoch_end)
+        if val_f is None and params.epochs > 0:
+            warn_no_val("Tip-Adapter-F", "the keys of the last epoch")
+        tuned = best["keys"]
+        alpha, beta, val_acc = search_alpha_beta(params, tuned, values, text, ctx)
+        meta = ctx.meta(self.name, params, loss_history=history, best_epoch=best["epoch"], alpha=alpha, beta=beta,
+                        val_top1=val_acc)
+        return CacheClassifier(meta, text, tuned, labels, alpha, beta, ctx.logit_scale)
