@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     model_config: Path = CONFIG_PATH  # an open_clip model config (.json); its stem is the model name
-    threads: int | None = None
+    threads: int | None = None  # torch CPU threads; None: re-chosen every few hundred steps (ThreadTuner)
     progress: bool = True
     world: dict[str, Any] = field(default_factory=dict)  # WorldConfig overrides (image_size comes from the model)
 
@@ -106,6 +105,35 @@ class BatchSource:
         return pixels, self.tokenizer(captions)
 
 
+class ThreadTuner:
+    """Picks torch's CPU thread count while training on a shared machine.
+
+    When other processes hold the cores, torch's threads wait on each other and a step with 2 threads
+    can take several times longer than with 1. Every ``period`` steps this times ``probe`` steps with
+    each candidate count and keeps the fastest until the next round.
+    """
+
+    def __init__(self, candidates: list[int], period: int = 200, probe: int = 4):
+        self.candidates = candidates
+        self.period = period
+        self.probe = probe
+        self.times: dict[int, list[float]] = {}
+        self.best = candidates[-1]
+
+    def threads_for(self, step: int) -> int:
+        phase = step % self.period
+        k = phase // self.probe
+        if k < len(self.candidates):
+            return self.candidates[k]
+        if phase == self.probe * len(self.candidates):
+            self.best = min(self.candidates, key=lambda c: float(np.median(self.times.get(c, [np.inf]))))
+            self.times.clear()
+        return self.best
+
+    def record(self, threads: int, seconds: float) -> None:
+        self.times.setdefault(threads, []).append(seconds)
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # As CLIP: no decay on gains, biases and the temperature.
     decay, no_decay = [], []
@@ -136,6 +164,7 @@ def save_fp16_weights(model: torch.nn.Module, path: Path) -> None:
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "model": Path(path).stem})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -145,6 +174,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+        tuner = None
+    else:
+        most = torch.get_num_threads()
+        tuner = ThreadTuner(sorted({1, most})) if most > 1 else None
     torch.manual_seed(cfg.seed)
     name = register_config(cfg.model_config)
     model, _, preprocess = open_clip.create_model_and_transforms(name)
@@ -187,27 +220,28 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not cfg.progress)
-    # Draw the next batch in a thread while the model trains on this one (numpy releases the GIL).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(source, start) if start < cfg.steps else None
-        for step in bar:
-            pixels, tokens = pending.result()
-            if step + 1 < cfg.steps:
-                pending = pool.submit(source, step + 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            image_features, text_features, logit_scale = model(pixels, tokens)[:3]
-            loss = clip_loss(image_features, text_features, logit_scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, max_logit_scale)
-            losses.append(float(loss))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{float(logit_scale):.1f}")
-            elapsed = time.time() - t0
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                checkpoint(step + 1)
+    for step in bar:
+        tic = time.perf_counter()
+        if tuner is not None:
+            threads = tuner.threads_for(step)
+            torch.set_num_threads(threads)
+        pixels, tokens = source(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        image_features, text_features, logit_scale = model(pixels, tokens)[:3]
+        loss = clip_loss(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, max_logit_scale)
+        losses.append(loss.item())
+        if tuner is not None:
+            tuner.record(threads, time.perf_counter() - tic)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{logit_scale.item():.1f}")
+        elapsed = time.time() - t0
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(step + 1)
     elapsed = time.time() - t0
     final_step = max(start, cfg.steps)
     checkpoint(final_step)
@@ -230,7 +264,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         "world": world_cfg.to_dict(),
         "initial_loss": float(np.mean(losses[:20])) if losses else None,
         "final_loss": float(np.mean(tail)),  # mean over the last 50 steps
-        "final_logit_scale": float(model.logit_scale.exp()),
+        "final_logit_scale": model.logit_scale.exp().item(),
         "loss_curve": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
         "wall_time_s": round(elapsed, 1),
         "weights": weights.name,
@@ -241,7 +275,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             "numpy": np.__version__,
             "python": platform.python_version(),
         },
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {cfg.threads or 'auto'}",
         "pretrain_config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
     _atomic_write_text(json.dumps(record, indent=2) + "\n", out / f"{name}.record.json")

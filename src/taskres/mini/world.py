@@ -190,8 +190,10 @@ class World:
         cfg = self.config
         pair = self._pairs[rng.integers(len(self._pairs), size=(n, 2))]  # [n, 2, (colour, shape)]
         colour, shape = pair[..., 0], pair[..., 1]
-        # Two groups must differ somewhere visible: redraw group 1's pair until it differs from group 0's.
-        same = (colour[:, 0] == colour[:, 1]) & (shape[:, 0] == shape[:, 1])
+        # Two groups must differ somewhere visible: redraw group 1's pair until it differs from group 0's
+        # (a world with a single pair draws a single group).
+        single_pair = len(self._pairs) == 1
+        same = (colour[:, 0] == colour[:, 1]) & (shape[:, 0] == shape[:, 1]) & (not single_pair)
         while same.any():
             redraw = self._pairs[rng.integers(len(self._pairs), size=int(same.sum()))]
             colour[same, 1], shape[same, 1] = redraw[:, 0], redraw[:, 1]
@@ -200,7 +202,7 @@ class World:
         texture = rng.integers(len(cfg.textures), size=(n, 2))
 
         two = rng.random(n) < cfg.second_group_prob
-        two &= cfg.max_count >= 2
+        two &= (cfg.max_count >= 2) and not single_pair
         count = np.zeros((n, 2), dtype=np.int64)
         count[:, 0] = rng.integers(1, cfg.max_count + 1, size=n)
         # With two groups, split the objects: each group gets 1..max_count-1 and the total stays <= max_count.
@@ -491,12 +493,39 @@ def _sdf_star(u, v):
     return (r - reach) * 0.6
 
 
+def _heart_geometry() -> tuple[float, float, float, float, np.ndarray]:
+    """Lobe centre (+-cx, cy), lobe radius, and the edges (normal, offset) of the lower quadrilateral."""
+    cx, cy, rad, tip = 0.3, -0.36, 0.44, 0.88
+    dip = cy - np.sqrt(rad**2 - cx**2)  # where the two lobes meet at the top
+    # Tangent point from the tip (0, tip) to the right lobe, on its outer side.
+    dx, dy = cx, cy - tip
+    dist = np.hypot(dx, dy)
+    ang = np.arctan2(dy, dx) + np.arcsin(rad / dist)
+    reach = np.sqrt(dist**2 - rad**2)
+    tx, ty = reach * np.cos(ang), tip + reach * np.sin(ang)
+    corners = [(0.0, dip), (tx, ty), (0.0, tip), (-tx, ty)]  # convex; y grows downward
+    edges = []
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
+        nx, ny = -(y1 - y0), x1 - x0
+        norm = np.hypot(nx, ny)
+        edges.append((nx / norm, ny / norm, (nx * x0 + ny * y0) / norm))
+    edges = np.array(edges)
+    centre = np.mean(corners, axis=0)
+    if (edges[:, 0] * centre[0] + edges[:, 1] * centre[1] - edges[:, 2] > 0).any():
+        edges = -edges  # make the normals point outward
+    return cx, cy, rad, tip, edges
+
+
+_HEART = _heart_geometry()
+
+
 def _sdf_heart(u, v):
-    lobe_l = np.sqrt((u + 0.36) ** 2 + (v + 0.28) ** 2) - 0.44
-    lobe_r = np.sqrt((u - 0.36) ** 2 + (v + 0.28) ** 2) - 0.44
-    point = (np.abs(u) + np.abs(v - 0.05) - 0.84) * 0.7071
-    point = np.maximum(point, -(v + 0.1))  # keep only the lower half of the diamond
-    return np.minimum(np.minimum(lobe_l, lobe_r), point)
+    # Two round lobes and the quadrilateral (dip, tangent points, tip) that fills the hull below them;
+    # every join lies on the outline, so an outline drawing has no seams inside.
+    cx, cy, rad, _, edges = _HEART
+    lobes = np.minimum(np.hypot(u - cx, v - cy), np.hypot(u + cx, v - cy)) - rad
+    body = np.maximum.reduce([nx * u + ny * v - off for nx, ny, off in edges])
+    return np.minimum(lobes, body)
 
 
 _SDF = {
