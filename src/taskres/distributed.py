@@ -36,7 +36,8 @@ import torch
 from .backbone import BackboneConfig, load_backbone
 from .cli import add_backbone_args, add_data_args, backbone_config
 from .datasets import load_dataset, make_fewshot_split
-from .features import DEFAULT_SHARD_SIZE, STORE_DTYPES, CacheEntry, FeatureCache, View, default_cache_dir
+from .features import (DEFAULT_SHARD_SIZE, STORE_DTYPES, CacheEntry, FeatureCache, View, loader_workers,
+                       default_cache_dir)
 
 DEFAULT_VIEWS = 10  # as ``taskres fit``
 # Test hook: "RANK:COUNT" makes that rank die abruptly (no cleanup) after writing COUNT shards.
@@ -97,8 +98,10 @@ class _Group:
             return
         import torch.distributed as dist
 
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        if device.type == "cuda":
+            dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s), device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -167,17 +170,19 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> Extract
                          cfg.store)
     entries, labels = [], []
     for label, samples, view in planned_views(cfg):
-        entries.append(cache.entry(backbone, samples, view))
-        labels.append(label)
+        entry = cache.entry(backbone, samples, view)
+        if all(e.key != entry.key for e in entries):  # e.g. a split named twice
+            entries.append(entry)
+            labels.append(label)
     todo = [e for e in entries if cache.open(e) is None]
     work = [(e, i) for e in todo for i in cache.missing_shards(e)]
     total_shards = sum(e.num_shards for e in entries)
     group.barrier()  # every rank has listed the missing shards before any rank writes one
     mine = work[group.rank::group.world]
-    workers = cfg.num_workers
     rows = sum(e.rows(i)[1] - e.rows(i)[0] for e, i in mine)
-    if workers is None and group.local_world > 1:  # share the node's cores between its ranks
-        workers = 0 if rows <= 2 * cfg.batch_size else max(1, min(8, (os.cpu_count() or 1) // group.local_world))
+    # the node's cores are shared between its ranks
+    workers = loader_workers(rows, cfg.batch_size, cfg.num_workers, backbone.device.type,
+                              max(1, (os.cpu_count() or 1) // group.local_world))
     kill_after = _kill_hook(group.rank)
     started = time.time()
     done = 0

@@ -87,10 +87,16 @@ def entry_key(backbone, paths: list[str], view: View, store: str = "fp32") -> st
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _loader_workers(n: int, batch_size: int, requested: int | None) -> int:
+def loader_workers(n: int, batch_size: int, requested: int | None, device_type: str = "cpu",
+                    cpus: int | None = None) -> int:
     if requested is not None:
         return requested
-    return 0 if n <= 2 * batch_size else min(8, os.cpu_count() or 1)
+    cpus = cpus or os.cpu_count() or 1
+    if n <= 2 * batch_size:
+        return 0
+    # A GPU encoder outruns a handful of decoders: give them every core but the one feeding the GPU.
+    # On a CPU the encoder needs the cores itself; a few workers keep up with it.
+    return max(1, min(32, cpus - 1)) if device_type == "cuda" else min(8, cpus)
 
 
 @dataclass(eq=False)
@@ -254,7 +260,7 @@ class _ShardBatches(Dataset):
         return item, images, ok, errors
 
 
-def _prepare_encoder(backbone) -> torch.dtype | None:
+def prepare_encoder(backbone) -> torch.dtype | None:
     """Tune the frozen image encoder for bulk extraction; returns the dtype images may travel in.
 
     On CUDA: cuDNN picks its fastest kernels for the fixed input size, and convolutional towers (RN50 and
@@ -357,8 +363,8 @@ class FeatureCache:
             lo, hi = entry.rows(i)
             specs.extend((job, b, min(hi, b + batch_size)) for b in range(lo, hi, batch_size))
             total += hi - lo
-        cast = _prepare_encoder(backbone)
-        workers = _loader_workers(total, batch_size, num_workers)
+        cast = prepare_encoder(backbone)
+        workers = loader_workers(total, batch_size, num_workers, backbone.device.type)
         loader = DataLoader(_ShardBatches(entries, backbone, cast), batch_size=None, sampler=specs,
                             num_workers=workers, pin_memory=backbone.device.type == "cuda")
         bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
