@@ -45,7 +45,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float,
     bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
     lam = 1.0 / (c * n)
     opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=10,
-                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+                            tolerance_grad=1e-4, tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
