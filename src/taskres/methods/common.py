@@ -58,7 +58,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def normalized_text(ctx: FitContext) -> torch.Tensor:
-    """The zero-shot classifier's rows on the unit sphere (t / |t|)."""
+    """The zero-shot classifier's rows on the unit sphere (t / |t|).
+
+    t is the template mean of unnormalised embeddings (the project's base). Tip-Adapter, LP++ and GDA's code
+    normalise each template's embedding before averaging; with one template (all but ImageNet) both agree.
+    """
     return F.normalize(ctx.text_classifier.float(), dim=-1)
 
 
