@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# The suite works on tiny tensors: one thread avoids OpenMP oversubscription on small, shared machines.
+torch.set_num_threads(1)
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_MODEL = str(ASSETS / "test-tiny.json")
