@@ -1,0 +1,563 @@
+"""The paper's evaluation protocols, as sweeps of cells.
+
+A sweep (:class:`SweepConfig`) is resolved once, at the edge, from a preset, a YAML file and command-line
+flags (in that order, later layers win). It expands into cells, one per (backbone, dataset, method, shots,
+seed). Each protocol says what a cell does:
+
+- ``fewshot``: fit on K shots of the dataset, top-1 on its test split (the paper's main figure).
+- ``domain``: fit on K shots of the source (ImageNet), top-1 on the source test split and on each target
+  (ImageNet-V2, -Sketch, -A, -R); -A and -R use the classifier rows of their 200 classes.
+- ``base2new``: CoCoOp's protocol. The classes are cut in half (first ceil(C/2) = base, the rest = new);
+  fit on the base classes' shots; top-1 on base test images among the base classes, on new test images
+  among the new classes, and their harmonic mean.
+
+Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .backbone import MINI_MODEL, BackboneConfig
+from .classifier import Classifier, CosineClassifier
+from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
+from .methods import METHODS, get_method
+
+PROTOCOLS = ("fewshot", "domain", "base2new")
+# The methods of the paper's comparisons, in the paper's order (those absent from METHODS are skipped).
+PAPER_METHODS = ("zeroshot", "linear_probe", "coop", "clip_adapter", "tip_adapter_f", "taskres", "taskres_enhanced")
+PAPER_SHOTS = (1, 2, 4, 8, 16)
+PAPER_SEEDS = (1, 2, 3)
+DOMAIN_SOURCE = "imagenet"
+REGIMES = ("cached", "online")
+
+
+# -- the sweep ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone of a sweep; ``label`` names it in record names and tables (default: the model name)."""
+
+    name: str
+    pretrained: str = "default"
+    device: str = "cpu"
+    precision: str = "fp32"
+    label: str | None = None
+
+    def config(self) -> BackboneConfig:
+        return BackboneConfig(self.name, self.pretrained, self.device, self.precision)
+
+    @property
+    def display(self) -> str:
+        return self.label or safe_name(Path(self.name).stem if self.name.endswith(".json") else self.name)
+
+    def key(self) -> dict:
+        """What decides the features: two specs with the same key give the same weights."""
+        pretrained = self.pretrained
+        if pretrained == "default" and self.name != MINI_MODEL and not self.name.startswith("hf-hub:"):
+            pretrained = "openai"  # what "default" means for open_clip's own models (see backbone.py)
+        if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
+            pretrained = Path(pretrained).name
+        name = Path(self.name).name if self.name.endswith(".json") else self.name
+        return {"model": name, "pretrained": pretrained, "precision": self.precision}
+
+
+@dataclass
+class SweepConfig:
+    """Everything a bench run sweeps over and how each cell is run. Saved as ``sweep.json``."""
+
+    protocol: str = "fewshot"
+    datasets: list[str] = field(default_factory=list)  # for ``domain``: the source dataset(s)
+    shots: list[int] = field(default_factory=lambda: list(PAPER_SHOTS))
+    seeds: list[int] = field(default_factory=lambda: [1])
+    methods: list[str] = field(default_factory=list)
+    backbones: list[BackboneSpec] = field(default_factory=list)
+    data_root: str | None = None
+    targets: list[str] = field(default_factory=lambda: list(DOMAIN_SHIFT_TARGETS))  # domain protocol only
+    regime: str = "cached"
+    views: int = 10
+    augment: bool = True
+    method_params: dict[str, dict] = field(default_factory=dict)  # method -> {parameter: value}
+    cache_dir: str | None = None
+    batch_size: int = 128
+    num_workers: int | None = None
+    skip_bad_images: bool = False
+    allow_fewer_shots: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "sweep") -> "SweepConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        data["backbones"] = [b if isinstance(b, BackboneSpec) else BackboneSpec(**b) for b in data.get("backbones", [])]
+        return cls(**data)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a label (record names encode backbone, dataset and method)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
+
+
+def dataset_label(spec: str) -> str:
+    """Registered and demo names stay as they are; a folder path is named by its last component."""
+    if os.sep in spec or Path(spec).is_dir():
+        return safe_name(Path(spec).name)
+    return safe_name(spec)
+
+
+def preset(name: str, protocol: str = "fewshot") -> tuple[dict, list[str]]:
+    """The settings of a named preset, and the paper methods missing from this install."""
+    if name != "paper":
+        raise ValueError(f"--preset must be 'paper', not {name!r}")
+    methods = [m for m in PAPER_METHODS if m in METHODS]
+    missing = [m for m in PAPER_METHODS if m not in METHODS]
+    settings = {
+        "datasets": [DOMAIN_SOURCE] if protocol == "domain" else list(PAPER_DATASETS),
+        "shots": [16] if protocol in ("domain", "base2new") else list(PAPER_SHOTS),
+        "seeds": list(PAPER_SEEDS),
+        "methods": methods,
+        "backbones": [{"name": "RN50", "pretrained": "openai"}],
+    }
+    return settings, missing
+
+
+def read_sweep_file(path: str | Path) -> dict:
+    """A YAML sweep: the keys of SweepConfig, plus ``pretrained``/``device``/``precision`` shared by
+    backbones given as plain names. Unknown keys are an error naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config: sweep file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config: {path} must hold a mapping of sweep settings")
+    shared = {k: data.pop(k) for k in ("pretrained", "device", "precision") if k in data}
+    if "workers" in data:
+        data["num_workers"] = data.pop("workers")
+    if "backbones" in data:
+        data["backbones"] = [_backbone_entry(b, shared, path) for b in _as_list(data["backbones"])]
+    elif shared:
+        data["_shared_backbone"] = shared
+    known = {f.name for f in dataclasses.fields(SweepConfig)} | {"_shared_backbone"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"--config: {path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def _backbone_entry(entry, shared: dict, source) -> dict:
+    if isinstance(entry, str):
+        return {"name": entry, **shared}
+    if isinstance(entry, dict) and "name" in entry:
+        allowed = {f.name for f in dataclasses.fields(BackboneSpec)}
+        bad = sorted(set(entry) - allowed)
+        if bad:
+            raise ValueError(f"--config: {source}: backbone key(s) {', '.join(bad)} unknown (known: "
+                             f"{', '.join(sorted(allowed))})")
+        return {**shared, **entry}
+    raise ValueError(f"--config: {source}: a backbone is a model name or a mapping with 'name', not {entry!r}")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [value]
+
+
+def resolve_sweep(*layers: dict, set_items: list[str] = ()) -> SweepConfig:
+    """Merge layers of settings (preset, file, flags; later wins), apply ``--set`` items, check it all."""
+    merged: dict = {}
+    shared_backbone: dict = {}  # defaults for backbones given by name (a file's top-level keys)
+    override_backbone: dict = {}  # flags like --pretrained without --backbone: applied to every backbone
+    for layer in layers:
+        for key, value in layer.items():
+            if value is None:
+                continue
+            if key == "_shared_backbone":
+                shared_backbone.update(value)
+            elif key == "_override_backbone":
+                override_backbone.update({k: v for k, v in value.items() if v is not None})
+            elif key == "method_params":
+                for m, params in value.items():
+                    merged.setdefault("method_params", {}).setdefault(m, {}).update(params or {})
+            else:
+                merged[key] = value
+    for key in ("datasets", "methods", "targets"):
+        if key in merged:
+            merged[key] = [str(v) for v in _as_list(merged[key])]
+    for key in ("shots", "seeds"):
+        if key in merged:
+            merged[key] = [_int(v, f"--{key}") for v in _as_list(merged[key])]
+    merged["backbones"] = [
+        BackboneSpec(**{**shared_backbone, **(dataclasses.asdict(b) if isinstance(b, BackboneSpec) else
+                                              b if isinstance(b, dict) else {"name": b}), **override_backbone})
+        for b in merged.get("backbones", [])]
+    sweep = SweepConfig.from_dict(merged)
+    _apply_set_items(sweep, set_items)
+    check_sweep(sweep)
+    return sweep
+
+
+def _int(value, option: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option}: expected whole numbers, got {value!r}") from None
+
+
+def _param_names(method: str) -> set[str]:
+    params = METHODS[method].Params
+    return {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
+
+
+def _apply_set_items(sweep: SweepConfig, items) -> None:
+    """``METHOD.KEY=VALUE`` sets one method's parameter; ``KEY=VALUE`` every swept method that has KEY."""
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--set {item}: expected [METHOD.]KEY=VALUE")
+        key, value = item.split("=", 1)
+        method, _, name = key.rpartition(".")
+        name = name.strip().replace("-", "_")
+        if method:
+            if method not in sweep.methods:
+                raise ValueError(f"--set {item}: method {method!r} is not in the sweep ({', '.join(sweep.methods)})")
+            targets = [method]
+        else:
+            targets = [m for m in sweep.methods if m in METHODS and name in _param_names(m)]
+            if not targets:
+                raise ValueError(f"--set {item}: no method of the sweep has a parameter {name!r}")
+        for m in targets:
+            sweep.method_params.setdefault(m, {})[name] = value
+
+
+def check_sweep(sweep: SweepConfig) -> None:
+    """Every option checked before any work starts; messages name the option at fault."""
+    if sweep.protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}")
+    for key in ("datasets", "shots", "seeds", "methods", "backbones"):
+        if not getattr(sweep, key):
+            raise ValueError(f"the sweep has no {key}: give --{key if key != 'backbones' else 'backbone'} "
+                             "(or --preset paper, or --config FILE)")
+    unknown = [m for m in sweep.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    if any(k < 1 for k in sweep.shots):
+        raise ValueError(f"--shots must all be at least 1, not {sweep.shots}")
+    if sweep.regime not in REGIMES:
+        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
+    if sweep.views < 1:
+        raise ValueError(f"--views must be at least 1, not {sweep.views}")
+    if sweep.protocol == "domain" and not sweep.targets:
+        raise ValueError("--targets: the domain protocol needs at least one target dataset")
+    for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
+        get_method(m, sweep.method_params.get(m))
+    extra = sorted(set(sweep.method_params) - set(sweep.methods))
+    if extra:
+        raise ValueError(f"method_params: {', '.join(extra)} not in the sweep's methods")
+    for what, labels in (("backbone", [b.display for b in sweep.backbones]),
+                         ("dataset", [dataset_label(d) for d in sweep.datasets])):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"two {what}s of the sweep share the label {dup[0]!r}; give each backbone a "
+                             "'label' in the --config file" if what == "backbone" else
+                             f"two datasets of the sweep share the name {dup[0]!r}")
+    if sweep.data_root is not None:
+        sweep.data_root = str(Path(sweep.data_root).expanduser().resolve())
+    # Folder datasets become absolute paths, so records and rerun commands work from any directory.
+    sweep.datasets = [str(Path(d).resolve()) if (os.sep in d and Path(d).is_dir()) else d for d in sweep.datasets]
+
+
+# -- cells --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    protocol: str
+    backbone: BackboneSpec
+    dataset: str  # as given to load_dataset (a name, or an absolute folder path)
+    method: str
+    shots: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """``<backbone>__<dataset>__<method>__<K>shot__seed<S>`` (+ ``__<protocol>`` outside few-shot)."""
+        name = (f"{self.backbone.display}__{dataset_label(self.dataset)}__{safe_name(self.method)}__"
+                f"{self.shots}shot__seed{self.seed}")
+        return name if self.protocol == "fewshot" else f"{name}__{self.protocol}"
+
+    def key(self, sweep: SweepConfig) -> dict:
+        """Everything that decides this cell's result: a finished record with another key is not reused."""
+        key = {
+            "protocol": self.protocol, "backbone": self.backbone.key(), "dataset": dataset_label(self.dataset),
+            "method": self.method, "method_params": {k: str(v) for k, v in
+                                                     sorted(sweep.method_params.get(self.method, {}).items())},
+            "shots": self.shots, "seed": self.seed, "regime": sweep.regime,
+            "views": sweep.views if sweep.regime == "cached" else 0, "augment": sweep.augment,
+            "allow_fewer_shots": sweep.allow_fewer_shots,
+        }
+        if self.protocol == "domain":
+            key["targets"] = list(sweep.targets)
+        return key
+
+
+def expand(sweep: SweepConfig) -> list[Cell]:
+    """Cells in running order: per backbone, per dataset, per (shots, seed) split, every method.
+
+    Methods are innermost so that the features of one split are encoded once and read back from the cache.
+    """
+    return [Cell(sweep.protocol, b, d, m, k, s)
+            for b in sweep.backbones for d in sweep.datasets for k in sweep.shots for s in sweep.seeds
+            for m in sweep.methods]
+
+
+# -- class subsets (base-to-new) ----------------------------------------------------------------------------
+def subset_classes(task: TaskData, labels: list[int]) -> TaskData:
+    """The task restricted to ``labels`` (in that order), relabelled 0..len(labels)-1.
+
+    Images of other classes are dropped from every split. The name, templates, alpha and lr stay those of
+    the full dataset, so per-dataset defaults still apply; class ids follow their classes.
+    """
+    if not labels or len(set(labels)) != len(labels):
+        raise DatasetError(f"{task.name}: a class subset needs distinct labels, got {labels}")
+    bad = [y for y in labels if not 0 <= y < task.num_classes]
+    if bad:
+        raise DatasetError(f"{task.name}: labels {bad} are outside 0..{task.num_classes - 1}")
+    new_label = {old: new for new, old in enumerate(labels)}
+
+    def keep(samples: list[Sample]) -> list[Sample]:
+        return [Sample(s.path, new_label[s.label]) for s in samples if s.label in new_label]
+
+    return TaskData(
+        name=task.name, classnames=[task.classnames[y] for y in labels], templates=list(task.templates),
+        train=keep(task.train), val=keep(task.val), test=keep(task.test), alpha=task.alpha, lr=task.lr,
+        class_ids=[task.class_ids[y] for y in labels] if task.class_ids else None,
+        extra_splits={k: keep(v) for k, v in task.extra_splits.items()})
+
+
+def base_new_labels(num_classes: int) -> tuple[list[int], list[int]]:
+    """CoCoOp's cut: the first ceil(C/2) labels are base, the rest new."""
+    if num_classes < 2:
+        raise DatasetError(f"base-to-new needs at least 2 classes, the dataset has {num_classes}")
+    m = math.ceil(num_classes / 2)
+    return list(range(m)), list(range(m, num_classes))
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    if any(math.isnan(x) for x in (a, b)):
+        return float("nan")
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+# How each method classifies classes it never saw (base-to-new). A method may instead define
+# ``classifier_for_new_classes(classifier, ctx)`` itself; one with neither gets no "new" score (NaN).
+def _zero_residual(method, classifier: Classifier, ctx) -> Classifier:
+    # TaskRes learns no residual for an unseen class: its row is the frozen text base t (x = 0).
+    alpha = getattr(classifier, "alpha", 0.0)
+    return CosineClassifier(ctx.meta(method.name, classifier.meta.hparams, new_classes="zero residual"),
+                            ctx.text_classifier, None, alpha, ctx.logit_scale)
+
+
+def _refit_on_new(method, classifier: Classifier, ctx) -> Classifier:
+    return method.fit(ctx)  # training-free: the same recipe applied to the new class names
+
+
+NEW_CLASS_RULES: dict[str, Callable] = {
+    "zeroshot": _refit_on_new,
+    "taskres": _zero_residual,
+}
+
+
+def classifier_for_new_classes(method, classifier: Classifier, ctx) -> Classifier | None:
+    hook = getattr(method, "classifier_for_new_classes", None)
+    if hook is not None:
+        return hook(classifier, ctx)
+    rule = NEW_CLASS_RULES.get(method.name)
+    return rule(method, classifier, ctx) if rule is not None else None
+
+
+# -- rerun commands -----------------------------------------------------------------------------------------
+def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> str:
+    """The ``taskres fit`` command that repeats a cell's training alone, on its exact few-shot split."""
+    b = cell.backbone
+    cmd = ["taskres", "fit", "--method", cell.method, "--dataset", cell.dataset]
+    if sweep.data_root:
+        cmd += ["--data-root", sweep.data_root]
+    cmd += ["--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
+            "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
+            "--views", str(sweep.views)]
+    if not sweep.augment:
+        cmd.append("--no-augment")
+    for k, v in sweep.method_params.get(cell.method, {}).items():
+        cmd += ["--set", f"{k}={v}"]
+    if sweep.allow_fewer_shots:
+        cmd.append("--allow-fewer-shots")
+    if sweep.skip_bad_images:
+        cmd.append("--skip-bad-images")
+    if sweep.cache_dir is not None:
+        cmd += ["--cache-dir", sweep.cache_dir]
+    cmd += ["--split-file", str(split_file), "--out", str(out)]
+    return shlex.join(cmd)
+
+
+def eval_command(run_dir: Path, dataset: str, sweep: SweepConfig) -> str:
+    cmd = ["taskres", "eval", str(run_dir), "--dataset", dataset]
+    if sweep.data_root:
+        cmd += ["--data-root", sweep.data_root]
+    return shlex.join(cmd)
+
+
+def bench_command(cell: Cell, sweep: SweepConfig, results_dir: Path) -> str:
+    """A one-cell ``taskres bench`` that repeats the cell in a folder of its own."""
+    b = cell.backbone
+    cmd = ["taskres", "bench", str(results_dir), "--protocol", cell.protocol, "--datasets", cell.dataset,
+           "--methods", cell.method, "--shots", str(cell.shots), "--seeds", str(cell.seed),
+           "--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
+           "--regime", sweep.regime, "--views", str(sweep.views)]
+    if sweep.data_root:
+        cmd += ["--data-root", sweep.data_root]
+    if cell.protocol == "domain":
+        cmd += ["--targets", *sweep.targets]
+    if not sweep.augment:
+        cmd.append("--no-augment")
+    for k, v in sweep.method_params.get(cell.method, {}).items():
+        cmd += ["--set", f"{cell.method}.{k}={v}"]
+    if sweep.allow_fewer_shots:
+        cmd.append("--allow-fewer-shots")
+    if sweep.skip_bad_images:
+        cmd.append("--skip-bad-images")
+    return shlex.join(cmd)
+
+
+# -- running one cell ---------------------------------------------------------------------------------------
+@dataclass
+class CellEnv:
+    """What the cells of one backbone share: loaded once by the bench, passed to every cell."""
+
+    sweep: SweepConfig
+    backbone: object  # taskres.backbone.Backbone
+    cache: object  # taskres.features.FeatureCache
+    load_task: Callable[[str], TaskData]  # memoised: each dataset is read once per sweep
+    progress: bool = False
+
+
+@dataclass
+class CellOutcome:
+    scores: dict[str, float | None]  # the headline numbers of the protocol (None: not measurable)
+    fit_metrics: dict  # api.fit's metrics (resolved hyper-parameters, image counts, timings, versions)
+    config: dict  # the resolved FitConfig of the training run
+    rerun: list[str]  # commands that repeat the cell alone
+    details: dict = field(default_factory=dict)
+
+
+def fit_config(cell: Cell, sweep: SweepConfig, run_dir: Path, progress: bool):
+    from .api import FitConfig
+
+    return FitConfig(
+        method=cell.method, dataset=cell.dataset, data_root=sweep.data_root, backbone=cell.backbone.config(),
+        shots=cell.shots, seed=cell.seed, regime=sweep.regime, views=sweep.views, augment=sweep.augment,
+        method_params=dict(sweep.method_params.get(cell.method, {})), eval_splits=("test",),
+        cache_dir=sweep.cache_dir, out=str(run_dir), batch_size=sweep.batch_size, num_workers=sweep.num_workers,
+        skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots, progress=progress)
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def run_fewshot(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+    from .api import fit
+
+    cfg = fit_config(cell, env.sweep, run_dir, env.progress)
+    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache)
+    rerun = [fit_command(cell, env.sweep, run_dir / "splits.json", run_dir.with_name(run_dir.name + "-rerun"))]
+    return CellOutcome({"top1": _nan_to_none(result.metrics["top1"]["test"])}, result.metrics, cfg.to_dict(), rerun)
+
+
+def run_domain(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+    from .api import evaluate, fit
+
+    sweep = env.sweep
+    cfg = fit_config(cell, sweep, run_dir, env.progress)
+    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache)
+    source = dataset_label(cell.dataset)
+    scores = {source: _nan_to_none(result.metrics["top1"]["test"])}
+    details = {"source": source, "targets": list(sweep.targets), "num_images": {source: result.metrics[
+        "num_images"]["test"]}, "class_subset": {}}
+    rerun_dir = run_dir.with_name(run_dir.name + "-rerun")
+    rerun = [fit_command(cell, sweep, run_dir / "splits.json", rerun_dir)]
+    for target in sweep.targets:
+        res = evaluate(result.classifier, target, data_root=sweep.data_root, backbone=env.backbone,
+                       task=env.load_task(target), cache_dir=sweep.cache_dir, batch_size=sweep.batch_size,
+                       num_workers=sweep.num_workers, skip_bad_images=sweep.skip_bad_images, progress=env.progress)
+        scores[dataset_label(target)] = _nan_to_none(res["top1"])
+        details["num_images"][dataset_label(target)] = res["num_images"]
+        details["class_subset"][dataset_label(target)] = res["class_subset"]
+        rerun.append(eval_command(rerun_dir, target, sweep))
+    target_scores = [scores[dataset_label(t)] for t in sweep.targets]
+    scores["target_average"] = (None if any(v is None for v in target_scores) else
+                                sum(target_scores) / len(target_scores))
+    return CellOutcome(scores, result.metrics, cfg.to_dict(), rerun, details)
+
+
+def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+    from .api import build_context, encode_split, fit
+    from .classifier import save_classifier
+
+    sweep = env.sweep
+    task = env.load_task(cell.dataset)
+    base_labels, new_labels = base_new_labels(task.num_classes)
+    base_task, new_task = subset_classes(task, base_labels), subset_classes(task, new_labels)
+    cfg = fit_config(cell, sweep, run_dir, env.progress)
+    result = fit(cfg, backbone=env.backbone, task=base_task, cache=env.cache)
+    base = result.metrics["top1"]["test"]  # base test images, base classes only
+
+    method = get_method(cell.method, sweep.method_params.get(cell.method))
+    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress)
+    new_clf = classifier_for_new_classes(method, result.classifier, new_ctx)
+    details = {"base_classes": base_task.classnames, "new_classes": new_task.classnames,
+               "num_images": {"base": result.metrics["num_images"]["test"], "new": 0}}
+    if new_clf is None:
+        new = float("nan")
+        details["new_note"] = f"{cell.method} has no rule for classes it was not trained on"
+    else:
+        feats, labels = encode_split(cfg, env.backbone, env.cache, new_task.test, "encoding new-class test")
+        new = top1_of(new_clf, feats, labels)  # new test images, new classes only
+        details["num_images"]["new"] = len(labels)
+        save_classifier(new_clf, run_dir / "classifier_new.safetensors")
+    scores = {"base": _nan_to_none(base), "new": _nan_to_none(new), "hm": _nan_to_none(harmonic_mean(base, new))}
+    # A class subset cannot be expressed as `taskres fit` options: the one-cell bench repeats it.
+    return CellOutcome(scores, result.metrics, cfg.to_dict(), [], details)
+
+
+PROTOCOL_RUNNERS: dict[str, Callable[[Cell, CellEnv, Path], CellOutcome]] = {
+    "fewshot": run_fewshot,
+    "domain": run_domain,
+    "base2new": run_base2new,
+}
+
+
+def top1_of(classifier: Classifier, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    from .api import top1
+
+    with torch.no_grad():
+        return top1(classifier(feats), labels)
