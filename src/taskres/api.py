@@ -228,11 +228,9 @@ def run_backbone_config(run_dir: Path) -> BackboneConfig | None:
     return None
 
 
-def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_root: str | None = None,
-             split: str = "test", backbone_cfg: BackboneConfig | None = None, cache_dir: str | None = None,
-             batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
-             progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None) -> dict:
-    """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows."""
+def _classifier_and_backbone(run_or_classifier, backbone_cfg: BackboneConfig | None,
+                             backbone: Backbone | None) -> tuple[Classifier, Backbone]:
+    """A saved (or given) classifier and the backbone it was trained on, checked to match."""
     if isinstance(run_or_classifier, Classifier):
         clf = run_or_classifier
     else:
@@ -243,6 +241,15 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
         backbone = _backbone_for(clf, backbone_cfg)
     else:
         check_backbone(clf, backbone.identity)
+    return clf, backbone
+
+
+def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_root: str | None = None,
+             split: str = "test", backbone_cfg: BackboneConfig | None = None, cache_dir: str | None = None,
+             batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
+             progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None) -> dict:
+    """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows."""
+    clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
     cfg = FitConfig(batch_size=batch_size, num_workers=num_workers, skip_bad_images=skip_bad_images,
@@ -259,16 +266,7 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
 def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k: int = 5,
             backbone_cfg: BackboneConfig | None = None, backbone: Backbone | None = None) -> list[dict]:
     """Top-k classes with probabilities for each image file."""
-    if isinstance(run_or_classifier, Classifier):
-        clf = run_or_classifier
-    else:
-        clf = load_classifier(run_or_classifier)
-        if backbone_cfg is None and Path(run_or_classifier).is_dir():
-            backbone_cfg = run_backbone_config(Path(run_or_classifier))
-    if backbone is None:
-        backbone = _backbone_for(clf, backbone_cfg)
-    else:
-        check_backbone(clf, backbone.identity)
+    clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone)
     batch = torch.stack([backbone.preprocess(load_image(p)) for p in images])
     probs = clf.predict_proba(backbone.encode_images(batch))
     k = min(k, probs.shape[1])
