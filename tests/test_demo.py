@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import TINY_MODEL
 
 from taskres import cli
-from taskres.demo import QUICK_PARAMS, demo_sweep
+from taskres.demo import QUICK_BUDGET, demo_sweep
 
 
 def test_demo_without_demo_tasks_fails_clearly(monkeypatch, capsys, tmp_path):
@@ -32,7 +32,8 @@ def test_demo_sweep_covers_every_method_and_the_paper_shots():
     assert full.methods[:2] == ["zeroshot", "taskres"] and sorted(full.methods) == sorted(METHODS)
     quick = demo_sweep(quick=True, seeds=(1, 2), backbone=TINY_MODEL, pretrained="none")
     assert len(quick.shots) < 5 and quick.seeds == [1, 2]
-    assert quick.method_params["taskres"]["epochs"] == QUICK_PARAMS["epochs"]
+    assert quick.method_params["taskres"]["epochs"] == QUICK_BUDGET["taskres"]["epochs"]
+    assert "taskres" not in full.method_params  # the cheap methods keep their own schedules
 
 
 def test_quick_demo_prints_the_table_and_writes_the_figure(tmp_path, capsys):

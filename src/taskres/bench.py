@@ -297,7 +297,8 @@ def cmd_bench(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="run a protocol's sweep (datasets x shots x seeds x methods x backbones), resumable",
-        description=__doc__.split("\n\n")[0] + " Exits with 1 when a cell failed (its error record says why).")
+        description="Run a protocol's sweep as one resumable command, one result record per cell. Exits with 1 "
+                    "when a cell failed (its error record says why).")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="where records/ and runs/ are written")
     add_sweep_args(p)
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state, run nothing")

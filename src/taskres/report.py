@@ -290,11 +290,14 @@ def _method_styles(methods: list[str]) -> dict[str, dict]:
 
     palette = matplotlib.colormaps["tab10"].colors
     ordered = _order(methods, PAPER_METHODS)
+    extras = [m for m in ordered if m not in PAPER_METHODS]
     styles = {}
     for m in ordered:
-        i = PAPER_METHODS.index(m) if m in PAPER_METHODS else len(PAPER_METHODS) + ordered.index(m)
-        styles[m] = {"color": palette[i % len(palette)], "marker": "os^Dv<>ph*"[i % 10],
-                     "linestyle": "--" if m == "zeroshot" else "-"}  # zero-shot uses no shots: a flat reference
+        i = PAPER_METHODS.index(m) if m in PAPER_METHODS else len(PAPER_METHODS) + extras.index(m)
+        styles[m] = {"color": palette[i % len(palette)], "marker": "os^Dv<>phX*P"[i % 12],
+                     # zero-shot uses no shots: a flat dashed reference; past 10 methods colours repeat, dotted
+                     "linestyle": "--" if m == "zeroshot" else ("-" if i < len(palette) else ":"),
+                     "linewidth": 2.4 if m == "taskres" else 1.5}
     return styles
 
 
@@ -321,7 +324,7 @@ def plot_fewshot(s: Summary, backbone: str):
             if not pts:
                 continue
             x, y, err = zip(*pts)
-            ax.plot(x, y, label=m, linewidth=1.6, markersize=4, zorder=3 if m == "zeroshot" else 2, **style)
+            ax.plot(x, y, label=m, markersize=4, zorder=3 if m in ("zeroshot", "taskres") else 2, **style)
             if all(e is not None for e in err):
                 ax.fill_between(x, [a - e for a, e in zip(y, err)], [a + e for a, e in zip(y, err)],
                                 color=style["color"], alpha=0.12, linewidth=0)
@@ -396,7 +399,7 @@ def cmd_report(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="tables (Markdown, CSV, JSON) and figures from a bench's records",
-                              description=__doc__.split("\n\n")[0])
+                              description="Tables and figures from the records a bench wrote, and nothing else.")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="the folder a bench wrote (with records/)")
     p.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
     p.add_argument("--format", nargs="+", default=list(FIGURE_FORMATS), choices=["png", "svg", "pdf"],
