@@ -92,6 +92,27 @@ def write_views(folder: Path, classes: int, shots: int, dim: int, views: int, sh
             np.save(d / f"shard-{i:05d}{last}.npy", rows.numpy().astype(np.float16))
 
 
+def gather_bench(data: Path, args) -> None:
+    """Seconds to fetch one epoch of batches: from memory-mapped shards vs from a float32 tensor in RAM."""
+    from taskres.methods.training import epoch_batches
+
+    labels = torch.from_numpy(np.load(data / "labels.npy"))
+    mapped = [CachedFeatures(sorted((data / f"view{v}").glob("shard-*.npy"))) for v in range(args.views)]
+    sources = {"mapped fp16 shards": MappedViews(mapped, labels, seed=1),
+               "in-memory float32": CachedViews(torch.stack([m.to_tensor() for m in mapped]), labels, seed=1)}
+    times = {name: [] for name in sources}
+    for round_ in range(3):
+        for name, source in sources.items():
+            batches = epoch_batches(len(labels), args.batch_size, torch.Generator().manual_seed(round_))
+            t = time.perf_counter()
+            for idx in batches:
+                source.features(idx, round_)
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        print(f"  one epoch of batch gathering ({len(labels)} rows, batch {args.batch_size}) from {name}: "
+              f"{', '.join(f'{t:.2f}' for t in ts)} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=21000)
@@ -105,6 +126,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (batches and the head on the GPU)")
     ap.add_argument("--eager", action="store_true", help="train from an in-memory float32 tensor instead")
     ap.add_argument("--workdir", default=None, help="keep the synthetic cache here (default: a temp folder)")
+    ap.add_argument("--gather-only", action="store_true",
+                    help="only time one epoch of batch gathering, mapped fp16 shards vs an in-memory tensor "
+                         "(alternating, 3 rounds); no training")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -125,6 +149,9 @@ def main() -> None:
             (data / "done").write_text("")
             print(f"wrote the synthetic cache in {time.perf_counter() - t:.0f} s: {data}")
 
+        if args.gather_only:
+            gather_bench(data, args)
+            return
         before = proc_status()
         labels = torch.from_numpy(np.load(data / "labels.npy"))
         base = torch.from_numpy(np.load(data / "base.npy")).to(args.device)
