@@ -109,29 +109,47 @@ class ThreadTuner:
     """Picks torch's CPU thread count while training on a shared machine.
 
     When other processes hold the cores, torch's threads wait on each other and a step with 2 threads
-    can take several times longer than with 1. Every ``period`` steps this times ``probe`` steps with
-    each candidate count and keeps the fastest until the next round.
+    can take several times longer than with 1. The tuner times ``probe`` steps with each candidate count
+    and keeps the fastest; it probes again every ``period`` steps, and at once when steps get much slower
+    than the probe said they would be.
     """
 
-    def __init__(self, candidates: list[int], period: int = 200, probe: int = 4):
+    def __init__(self, candidates: list[int], period: int = 200, probe: int = 3, slowdown: float = 1.8):
         self.candidates = candidates
         self.period = period
         self.probe = probe
-        self.times: dict[int, list[float]] = {}
+        self.slowdown = slowdown
         self.best = candidates[-1]
+        self.expected = float("inf")
+        self._queue: list[int] = []
+        self._probe_times: dict[int, list[float]] = {}
+        self._recent: list[float] = []
+        self._since_probe = 0
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        self._queue = [c for c in self.candidates for _ in range(self.probe)]
+        self._probe_times = {}
+        self._recent = []
+        self._since_probe = 0
 
     def threads_for(self, step: int) -> int:
-        phase = step % self.period
-        k = phase // self.probe
-        if k < len(self.candidates):
-            return self.candidates[k]
-        if phase == self.probe * len(self.candidates):
-            self.best = min(self.candidates, key=lambda c: float(np.median(self.times.get(c, [np.inf]))))
-            self.times.clear()
-        return self.best
+        return self._queue[0] if self._queue else self.best
 
     def record(self, threads: int, seconds: float) -> None:
-        self.times.setdefault(threads, []).append(seconds)
+        if self._queue:
+            self._queue.pop(0)
+            self._probe_times.setdefault(threads, []).append(seconds)
+            if not self._queue:
+                medians = {c: float(np.median(t)) for c, t in self._probe_times.items()}
+                self.best = min(medians, key=medians.get)
+                self.expected = medians[self.best]
+            return
+        self._since_probe += 1
+        self._recent = (self._recent + [seconds])[-5:]
+        slow = len(self._recent) == 5 and float(np.median(self._recent)) > self.slowdown * self.expected
+        if slow or self._since_probe >= self.period:
+            self._start_probe()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -177,7 +195,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         tuner = None
     else:
         most = torch.get_num_threads()
-        tuner = ThreadTuner(sorted({1, most})) if most > 1 else None
+        tuner = None if most == 1 else ThreadTuner(sorted({1, most}))
     torch.manual_seed(cfg.seed)
     name = register_config(cfg.model_config)
     model, _, preprocess = open_clip.create_model_and_transforms(name)
@@ -195,14 +213,20 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     max_logit_scale = math.log(100.0)
 
     ckpt_path = out / CHECKPOINT_NAME
-    start, losses, elapsed = 0, [], 0.0
+    start, losses, elapsed, schedule = 0, [], 0.0, []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, losses, elapsed = ckpt["step"], ckpt["losses"], ckpt["elapsed_s"]
+        schedule = ckpt.get("schedule", [{"from_step": 0, "steps": None}])
         if ckpt.get("seed") != cfg.seed or ckpt.get("batch_size") != cfg.batch_size:
             raise ValueError(f"{ckpt_path} was written by a run with another seed or batch size; use a new --out")
+    # A resumed run may change --steps, --lr or the world (a curriculum); the cosine then follows the new
+    # length and peak from here on. Each change is kept as a segment in the record.
+    segment = {"from_step": start, "steps": cfg.steps, "lr": cfg.lr, "world": dict(cfg.world)}
+    if not schedule or any(schedule[-1].get(k) != v for k, v in segment.items() if k != "from_step"):
+        schedule.append(segment)
 
     def checkpoint(step: int) -> None:
         _atomic_torch_save(
@@ -214,6 +238,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 "elapsed_s": elapsed,
                 "seed": cfg.seed,
                 "batch_size": cfg.batch_size,
+                "schedule": schedule,
             },
             ckpt_path,
         )
@@ -257,6 +282,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
         "warmup_steps": cfg.warmup_steps,
+        "segments": schedule,  # per change of steps/lr/world: from_step, the cosine's total steps, lr, world
         "min_lr_ratio": cfg.min_lr_ratio,
         "weight_decay": cfg.weight_decay,
         "optimizer": "AdamW(betas=(0.9, 0.98), eps=1e-6), no decay on gains/biases/logit_scale",
@@ -293,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=PretrainConfig.seed)
     parser.add_argument("--checkpoint-every", type=int, default=PretrainConfig.checkpoint_every)
     parser.add_argument("--model-config", type=Path, default=CONFIG_PATH, help="open_clip model config .json")
+    parser.add_argument("--contrast-set-size", type=int, default=1,
+                        help="hard negatives: scenes per set that differ only in shape (1: off)")
+    parser.add_argument("--contrast-fraction", type=float, default=0.0,
+                        help="fraction of each batch drawn as such sets")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -308,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         model_config=args.model_config,
         threads=args.threads,
         progress=not args.no_progress,
+        world={"contrast_set_size": args.contrast_set_size, "contrast_fraction": args.contrast_fraction}
+        if args.contrast_set_size > 1 else {},
     )
     record = pretrain(cfg)
     print(

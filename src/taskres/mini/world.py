@@ -8,7 +8,7 @@ dark checkered background.", and often leave attributes out, as real captions do
 Everything is numpy and vectorised over the batch, so a CPU draws thousands of small images per
 second. The same ``(config, seed)`` always gives the same scenes, pixels and captions.
 
-    world = World(WorldConfig(image_size=48))
+    world = World(WorldConfig(image_size=64))
     scenes = world.sample_scenes(256, np.random.default_rng(0))
     images = world.render(scenes, np.random.default_rng(1))   # float32 [B, 3, H, W] in [0, 1]
     captions = world.captions(scenes, np.random.default_rng(2))
@@ -81,7 +81,7 @@ MAX_OBJECTS = 4
 class WorldConfig:
     """What the world may draw. The defaults are the pretraining world."""
 
-    image_size: int = 48
+    image_size: int = 64
     shapes: tuple[str, ...] = SHAPES
     colours: tuple[str, ...] = tuple(COLOURS)
     sizes: tuple[str, ...] = SIZES
@@ -94,6 +94,11 @@ class WorldConfig:
     colour_jitter: float = 0.06  # per-channel uniform jitter of an object's colour
     pixel_noise: float = 0.0  # max std of Gaussian pixel noise (drawn per image from [0, pixel_noise])
     background_contrast: tuple[float, float] = (0.08, 0.22)  # brightness gap between the two background tones
+    colour_cast: tuple[float, float, float] | None = None  # per-channel gain on the finished image (tinted light)
+    # Hard negatives for contrastive training: this fraction of a batch comes in sets of
+    # ``contrast_set_size`` scenes that differ only in shape (1: off). See World._contrast_sets.
+    contrast_set_size: int = 1
+    contrast_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name, values, known in (
@@ -211,6 +216,7 @@ class World:
         count[two, 0] = c0[two]
         count[two, 1] = np.minimum(c1[two], cfg.max_count - c0[two])
         count[two, 1] = np.maximum(count[two, 1], 1)
+        sets = self._contrast_sets(n, rng, colour, shape, size, texture, count)
 
         m = MAX_OBJECTS
         slot = np.arange(m)[None, :]
@@ -242,6 +248,9 @@ class World:
         tint = rng.uniform(-0.12, 0.12, size=(n, 3))
         bg_rgb = np.clip(grey + tint, 0.0, 1.0)
 
+        background = rng.integers(len(cfg.backgrounds), size=n)
+        for rows in sets:
+            background[rows] = background[rows[0]]
         return Scenes(
             config=cfg,
             shape=shape,
@@ -250,7 +259,7 @@ class World:
             texture=texture,
             count=count,
             style=rng.integers(len(cfg.styles), size=n),
-            background=rng.integers(len(cfg.backgrounds), size=n),
+            background=background,
             background_rgb=bg_rgb.astype(np.float32),
             object_group=group,
             object_xy=xy.astype(np.float32),
@@ -259,6 +268,36 @@ class World:
             object_rgb=rgb.astype(np.float32),
             seeds=rng.integers(0, 2**31 - 1, size=n),
         )
+
+    def _contrast_sets(self, n, rng, colour, shape, size, texture, count) -> list[np.ndarray]:
+        """Turn the first rows of a batch into sets of scenes that differ only in shape (in place).
+
+        Within a set, every scene copies the first one's colours, sizes, textures, counts, second group and
+        background kind; the first group's shapes are distinct. In a contrastive batch the only way to tell
+        the captions of a set apart is then the shape, which otherwise is the last thing a small model
+        learns (colour and count already separate most captions of a random batch).
+        """
+        cfg = self.config
+        k = cfg.contrast_set_size
+        if k <= 1 or cfg.contrast_fraction <= 0:
+            return []
+        held = set(cfg.holdout_pairs)
+        sets = []
+        for j in range(int(n * cfg.contrast_fraction) // k):
+            rows = np.arange(j * k, (j + 1) * k)
+            first = rows[0]
+            c = cfg.colours[colour[first, 0]]
+            allowed = [i for i, s in enumerate(cfg.shapes) if (c, s) not in held]
+            if len(allowed) < k:
+                continue
+            for arr in (colour, shape, size, texture, count):
+                arr[rows] = arr[first]
+            shape[rows, 0] = rng.choice(allowed, size=k, replace=False)
+            # A second group identical to the first would make two groups one: drop it there.
+            clash = (colour[rows, 1] == colour[rows, 0]) & (shape[rows, 1] == shape[rows, 0]) & (count[rows, 1] > 0)
+            count[rows[clash], 1] = 0
+            sets.append(rows)
+        return sets
 
     # ----------------------------------------------------------------- pixels
     def render(self, scenes: Scenes, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
@@ -307,6 +346,8 @@ class World:
                 bb = b_idx[sel]
                 image[bb] = image[bb] * (1 - a[sel]) + colour[sel] * a[sel]
 
+        if cfg.colour_cast is not None:
+            image = image * np.asarray(cfg.colour_cast, dtype=np.float32)[None, :, None, None]
         if cfg.pixel_noise > 0:
             std = rng.uniform(0, cfg.pixel_noise, size=(n, 1, 1, 1)).astype(np.float32)
             image = image + rng.standard_normal(image.shape, dtype=np.float32) * std
@@ -357,7 +398,7 @@ class World:
 
     def _texture(self, texture: np.ndarray, du, dv, seeds) -> np.ndarray:
         """Pattern in [0, 1] over each object (0: base colour, 1: second tone); image-unit offsets du, dv."""
-        period = 0.085  # about 4 px at 48 px
+        period = 0.085  # about 5 px at 64 px
         out = np.zeros_like(du)
         phase = ((seeds % 997) / 997.0).astype(np.float32)[:, None, None]
         for t, name in enumerate(self.config.textures):
