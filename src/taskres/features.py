@@ -511,7 +511,21 @@ def _view_choice(seed: int, epoch: int, num_views: int, num_samples: int) -> tor
     return torch.randint(num_views, (num_samples,), generator=g)
 
 
-class CachedViews:
+class _ViewChoice:
+    """Which view each image shows in an epoch, drawn once per epoch (shared by the cached sources)."""
+
+    seed: int
+    _epoch: int | None = None
+    _choice: torch.Tensor | None = None
+
+    def view_choice(self, epoch: int) -> torch.Tensor:
+        if self._epoch != epoch:
+            self._choice = _view_choice(self.seed, epoch, self.num_views, self.num_samples)
+            self._epoch = epoch
+        return self._choice
+
+
+class CachedViews(_ViewChoice):
     """Training features from V cached augmented views: each epoch, each image shows one random view."""
 
     def __init__(self, views: torch.Tensor, labels: torch.Tensor, seed: int = 0):
@@ -520,8 +534,6 @@ class CachedViews:
         self.views = views  # [V, N, D]
         self.labels = labels
         self.seed = seed
-        self._epoch = None
-        self._choice = None
 
     @property
     def num_samples(self) -> int:
@@ -535,19 +547,13 @@ class CachedViews:
     def num_views(self) -> int:
         return self.views.shape[0]
 
-    def view_choice(self, epoch: int) -> torch.Tensor:
-        if self._epoch != epoch:
-            self._choice = _view_choice(self.seed, epoch, self.num_views, self.num_samples)
-            self._epoch = epoch
-        return self._choice
-
     def features(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         if self.num_views == 1:
             return self.views[0, idx]
         return self.views[self.view_choice(epoch)[idx], idx]
 
 
-class MappedViews:
+class MappedViews(_ViewChoice):
     """:class:`CachedViews` whose V views stay on disk: each batch gathers its rows from memory-mapped shards.
 
     Memory holds one batch, not [V, N, D], so the training set may be larger than RAM. The view each image
@@ -570,8 +576,6 @@ class MappedViews:
         kept = labels if self._rows is None else labels[torch.from_numpy(self._rows)]
         self.labels = kept.to(self.device)
         self.seed = seed
-        self._epoch = None
-        self._choice = None
 
     @property
     def num_samples(self) -> int:
@@ -584,12 +588,6 @@ class MappedViews:
     @property
     def num_views(self) -> int:
         return len(self.mapped)
-
-    def view_choice(self, epoch: int) -> torch.Tensor:
-        if self._epoch != epoch:
-            self._choice = _view_choice(self.seed, epoch, self.num_views, self.num_samples)
-            self._epoch = epoch
-        return self._choice
 
     def features(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         idx = idx.cpu()
