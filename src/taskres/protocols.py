@@ -405,18 +405,23 @@ def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> 
     cmd += ["--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
             "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
             "--views", str(sweep.views)]
-    if not sweep.augment:
-        cmd.append("--no-augment")
     for k, v in sweep.method_params.get(cell.method, {}).items():
         cmd += ["--set", f"{k}={v}"]
-    if sweep.allow_fewer_shots:
-        cmd.append("--allow-fewer-shots")
-    if sweep.skip_bad_images:
-        cmd.append("--skip-bad-images")
+    cmd += _data_flags(sweep)
     if sweep.cache_dir is not None:
         cmd += ["--cache-dir", sweep.cache_dir]
     cmd += ["--split-file", str(split_file), "--out", str(out)]
     return shlex.join(cmd)
+
+
+def _data_flags(sweep: SweepConfig) -> list[str]:
+    """The switches a rerun command needs to see the same training images as the sweep did."""
+    flags = [] if sweep.augment else ["--no-augment"]
+    if sweep.allow_fewer_shots:
+        flags.append("--allow-fewer-shots")
+    if sweep.skip_bad_images:
+        flags.append("--skip-bad-images")
+    return flags
 
 
 def eval_command(run_dir: Path, dataset: str, sweep: SweepConfig) -> str:
@@ -437,14 +442,9 @@ def bench_command(cell: Cell, sweep: SweepConfig, results_dir: Path) -> str:
         cmd += ["--data-root", sweep.data_root]
     if cell.protocol == "domain":
         cmd += ["--targets", *sweep.targets]
-    if not sweep.augment:
-        cmd.append("--no-augment")
     for k, v in sweep.method_params.get(cell.method, {}).items():
         cmd += ["--set", f"{cell.method}.{k}={v}"]
-    if sweep.allow_fewer_shots:
-        cmd.append("--allow-fewer-shots")
-    if sweep.skip_bad_images:
-        cmd.append("--skip-bad-images")
+    cmd += _data_flags(sweep)
     return shlex.join(cmd)
 
 
