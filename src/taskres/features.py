@@ -61,7 +61,9 @@ class View:
 
 
 def path_seed(path: str) -> int:
-    return zlib.crc32(path.encode())
+    """A per-image seed from the file's last two path parts (class folder and name), not its absolute path:
+    the same dataset gets the same augmentations wherever it is stored."""
+    return zlib.crc32("/".join(Path(path).parts[-2:]).encode())
 
 
 def image_list_digest(paths: list[str]) -> str:
