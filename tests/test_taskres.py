@@ -173,3 +173,79 @@ def test_cosine_logits_use_clip_temperature():
     f = torch.randn(4, D)
     torch.testing.assert_close(clf(f), cosine_logits(f, w, math.log(100.0)))
     assert clf(f).abs().max() <= 100.0 + 1e-3
+
+
+def test_coupled_adam_is_torch_adam_step_for_step():
+    from taskres.methods.training import CoupledAdam, make_adam
+
+    g = torch.Generator().manual_seed(4)
+    grads = [torch.randn(C, D, generator=g) for _ in range(6)]
+    lrs = [1e-5, 2e-3, 1.5e-3, 1e-3, 5e-4, 1e-4]
+    start = torch.randn(C, D, generator=g)
+    ours = torch.nn.Parameter(start.clone())
+    adam = CoupledAdam(ours, lrs[0], 5e-4)
+    fused = torch.nn.Parameter(start.clone())
+    plain = torch.nn.Parameter(start.clone())
+    opt_fused = make_adam([fused], lrs[0], 5e-4)
+    opt_plain = torch.optim.Adam([plain], lr=lrs[0], weight_decay=5e-4)
+    for grad, lr in zip(grads, lrs):
+        adam.lr = lr
+        adam.step(grad)
+        for p, opt in ((fused, opt_fused), (plain, opt_plain)):
+            p.grad = grad.clone()
+            opt.param_groups[0]["lr"] = lr
+            opt.step()
+        assert torch.equal(ours.detach(), fused.detach())
+        torch.testing.assert_close(ours.detach(), plain.detach(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ours.detach(), start)
+
+
+def test_bf16_products_stay_close_to_the_exact_gradient():
+    from taskres.methods.taskres import ResidualGradient
+
+    g = torch.Generator().manual_seed(5)
+    n, classes, dim = 64, 40, 128
+    f = F.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    y = torch.randint(classes, (n,), generator=g)
+    base = torch.randn(classes, dim, generator=g)
+    x = 0.1 * torch.randn(classes, dim, generator=g)
+    exact_loss, exact_grad = ResidualGradient(base, 0.5, 100.0)(f, y, x)
+    exact_grad = exact_grad.clone()
+    step = ResidualGradient(base, 0.5, 100.0, "bf16")
+    assert step.feature_dtype == torch.bfloat16
+    loss, grad = step(f.bfloat16(), y, x)
+    assert grad.dtype == torch.float32 and loss.dtype == torch.float32
+    assert abs(float(loss) - float(exact_loss)) < 0.02 * float(exact_loss)
+    assert F.cosine_similarity(grad.flatten(), exact_grad.flatten(), dim=0) > 0.999
+    assert not torch.equal(grad, exact_grad)  # the products really ran in bf16
+
+
+def test_bf16_products_train_nearly_the_same_residual():
+    ctx = separable_context(n_per_class=16, views=2)
+    exact = TaskRes(TaskResParams(epochs=30, lr=5e-3, batch_size=16)).fit(ctx)
+    fast = TaskRes(TaskResParams(epochs=30, lr=5e-3, batch_size=16, products="bf16")).fit(ctx)
+    assert fast.meta.hparams["products"] == "bf16"
+    diff = (fast.residual - exact.residual).norm() / exact.residual.norm()
+    assert 0 < diff < 0.05
+    feats = ctx.train.views[1]
+    assert (fast(feats).argmax(1) == exact(feats).argmax(1)).float().mean() > 0.97
+
+
+def test_products_and_device_options_are_checked():
+    ctx = separable_context()
+    with pytest.raises(ValueError, match="products must be one of fp32, bf16"):
+        TaskRes(TaskResParams(epochs=1, products="fp8")).fit(ctx)
+    with pytest.raises(ValueError, match="needs gradient=closed_form"):
+        TaskRes(TaskResParams(epochs=1, products="bf16", gradient="autograd")).fit(ctx)
+    with pytest.raises(ValueError, match="--set device=gpu0: not a device"):
+        TaskRes(TaskResParams(epochs=1, device="gpu0")).fit(ctx)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            TaskRes(TaskResParams(epochs=1, device="cuda")).fit(ctx)
+
+
+def test_non_finite_loss_stops_the_closed_form_path_too():
+    ctx = separable_context()
+    ctx.train.views[0, 3, :] = float("inf")
+    with pytest.raises(TrainingError, match=r"loss became nan in epoch 0"):
+        TaskRes(TaskResParams(epochs=3)).fit(ctx)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .base import FitContext, Method
 from .common import LinearClassifier, accuracy, check_classes, has_val, train_matrix, warn_no_val
+from .training import resolve_device
 
 
 @dataclass
@@ -55,18 +56,6 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float,
 
     opt.step(closure)
     return weight.detach(), bias.detach()
-
-
-def solver_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--set device={name}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--set device={name}: no CUDA device is available")
-    return device
 
 
 class _Search:
@@ -110,7 +99,7 @@ class LinearProbe(Method):
         params = self.params or LinearProbeParams()
         x, y = train_matrix(ctx, params.train_views)
         check_classes(ctx, y)
-        device = solver_device(params.device)
+        device = resolve_device(params.device)
         x, y = x.to(device), y.to(device)
         if params.normalize:
             x = F.normalize(x, dim=-1)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..classifier import CosineClassifier, logit_scale_exp
 from .base import FitContext, Method
-from .training import Schedule, train_loop
+from .training import Schedule, resolve_device, train_loop
 
 RN50_NAMES = ("RN50",)
 
@@ -32,6 +32,8 @@ class TaskResParams:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     gradient: str = "closed_form"  # "closed_form" (fast, exact) | "autograd"
+    products: str = "fp32"  # "fp32" (faithful) | "bf16": bf16 operands for the two matrix products
+    device: str = "auto"  # where the residual is trained: "auto" (a GPU if there is one), "cpu", "cuda[:N]"
 
 
 def reference_defaults(task_name: str, backbone_model: str, shots: int, dataset_alpha: float,
@@ -53,49 +55,112 @@ def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.T
     return logit_scale_exp(logit_scale) * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).t()
 
 
-def taskres_loss_and_grad(feats_normed: torch.Tensor, labels: torch.Tensor, base: torch.Tensor,
-                          residual: torch.Tensor, alpha: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and its exact gradient w.r.t. the residual x, without autograd.
+PRODUCTS = ("fp32", "bf16")
+
+
+class ResidualGradient:
+    """A batch's cross-entropy and its exact gradient w.r.t. the residual x, without autograd.
 
     With t' = t + alpha x, n_c = |t'_c|, d_bc = f_b . t'_c, z_bc = s d_bc / n_c and g = (softmax(z) - onehot) / B:
 
         dL/dx_c = alpha (s / n_c) [ sum_b g_bc f_b  -  (sum_b g_bc d_bc / n_c^2) t'_c ]
 
     The normalisation of t' is folded into per-class scalings of g, so besides the two matrix products
-    only three passes over the [C, D] weights are needed. ``feats_normed`` must be L2-normalised.
+    (f t'^T and g^T f) a step makes three passes over the [C, D] weights; their buffers are allocated once.
+
+    ``products``: "fp32" computes everything in the dtype of ``base`` (the faithful path). "bf16" gives the
+    two products bfloat16 operands (the features and t' rounded to 8 significant bits) with float32
+    accumulation, and keeps the rest in float32: the norms, the softmax, the gradient's correction term and
+    the residual that Adam updates. Where the hardware has bf16 dot products (x86 avx512_bf16/AMX, recent
+    GPUs) the products run 2-3 times faster; BENCHMARKS.md measures the accuracy gap.
+
+    Call with L2-normalised features of dtype ``feature_dtype``.
     """
-    weights = torch.add(base, residual, alpha=alpha)  # t' = t + alpha * x
-    norms = torch.linalg.vector_norm(weights, dim=1)
-    dots = torch.mm(feats_normed, weights.t())  # d [B, C]
-    col = scale / norms  # s / n_c
-    logp = torch.log_softmax(dots * col, dim=1)
-    loss = -logp.gather(1, labels[:, None]).mean()
-    g = logp.exp_()
-    g[torch.arange(len(labels)), labels] -= 1.0
-    g.div_(len(labels))
-    coef = (g * dots).sum(dim=0).mul_(col).div_(norms.square()).mul_(alpha)
-    g.mul_(col * alpha)
-    grad = torch.mm(g.t(), feats_normed)
-    grad.addcmul_(weights, coef[:, None], value=-1.0)
-    return loss, grad
+
+    def __init__(self, base: torch.Tensor, alpha: float, scale: float, products: str = "fp32"):
+        if products not in PRODUCTS:
+            raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {products!r}")
+        self.base, self.alpha, self.scale, self.products = base, alpha, scale, products
+        self.feature_dtype = torch.bfloat16 if products == "bf16" else base.dtype
+        self.weights = torch.empty_like(base)  # t'
+        self.norms = torch.empty(base.shape[0], dtype=base.dtype, device=base.device)
+        self.grad = torch.empty_like(base)
+        self._low = torch.empty_like(base, dtype=torch.bfloat16) if products == "bf16" else None
+        self._row_cache = {}
+
+    def _rows(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (batch, device, dtype)
+        if key not in self._row_cache:
+            self._row_cache[key] = (torch.arange(batch, device=device),
+                                    torch.full((batch,), -1.0, dtype=dtype, device=device))
+        return self._row_cache[key]
+
+    def __call__(self, feats: torch.Tensor, labels: torch.Tensor,
+                 residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, norms, grad = self.weights, self.norms, self.grad
+        torch.add(self.base, residual, alpha=self.alpha, out=weights)  # t' = t + alpha * x
+        torch.linalg.vector_norm(weights, dim=1, out=norms)
+        if self._low is None:
+            dots = torch.mm(feats, weights.t())  # d [B, C]
+        else:
+            self._low.copy_(weights)
+            dots = torch.mm(feats, self._low.t()).to(weights.dtype)
+        batch = len(labels)
+        col = self.scale / norms  # s / n_c
+        z = dots * col
+        g = torch.softmax(z, dim=1)
+        rows, minus_one = self._rows(batch, labels.device, g.dtype)
+        # log-sum-exp from the row maxima: lse = max z - log(max p), exact, and p's maximum cannot underflow
+        loss = (z.amax(dim=1) - g.amax(dim=1).log_() - z[rows, labels]).mean()
+        g.index_put_((rows, labels), minus_one, accumulate=True)  # softmax - onehot
+        k = col * (self.alpha / batch)
+        coef = torch.linalg.vecdot(g, dots, dim=0).mul_(k).div_(norms.square())
+        g.mul_(k)
+        if self._low is None:
+            torch.mm(g.t(), feats, out=grad)
+        else:
+            grad.copy_(torch.mm(g.t().to(torch.bfloat16), feats))
+        grad.addcmul_(weights, coef[:, None], value=-1.0)
+        return loss, grad
+
+
+def taskres_loss_and_grad(feats_normed: torch.Tensor, labels: torch.Tensor, base: torch.Tensor,
+                          residual: torch.Tensor, alpha: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of :class:`ResidualGradient` in full precision (the loss and a fresh gradient tensor)."""
+    return ResidualGradient(base, alpha, scale)(feats_normed, labels, residual)
+
+
+class _DeviceSource:
+    """A training source whose batches (float32) and labels are moved to ``device``."""
+
+    def __init__(self, source, device: torch.device):
+        self.source, self.device = source, device
+        self.labels = source.labels.to(device)
+        self.num_samples = source.num_samples
+
+    def features(self, idx, epoch):
+        return self.source.features(idx, epoch).float().to(self.device)
 
 
 class _NormalisedSource:
-    """Wraps a training source so that each feature row is L2-normalised once, not at every step."""
+    """A training source whose rows come L2-normalised, in the products' dtype, on the training device.
 
-    def __init__(self, source):
-        self.source = source
-        self.labels = source.labels
+    Cached views are normalised and converted once, not at every step (in bf16 they take half the memory).
+    """
+
+    def __init__(self, source, dtype: torch.dtype, device: torch.device):
+        self.source, self.dtype, self.device = source, dtype, device
+        self.labels = source.labels.to(device)
         self.num_samples = source.num_samples
         views = getattr(source, "views", None)
-        self._views = F.normalize(views, dim=-1) if views is not None else None
+        self._views = None if views is None else F.normalize(views.float(), dim=-1).to(device, dtype)
 
     def features(self, idx, epoch):
         if self._views is None:
-            return F.normalize(self.source.features(idx, epoch), dim=-1)
+            return F.normalize(self.source.features(idx, epoch).float(), dim=-1).to(self.device, self.dtype)
         if self._views.shape[0] == 1:
-            return self._views[0, idx]
-        return self._views[self.source.view_choice(epoch)[idx], idx]
+            return self._views[0].index_select(0, idx.to(self.device))
+        return self._views[self.source.view_choice(epoch)[idx].to(self.device), idx.to(self.device)]
 
 
 @dataclass
@@ -112,30 +177,31 @@ class TaskRes(Method):
 
     def fit(self, ctx: FitContext, base: torch.Tensor | None = None, on_step=None) -> CosineClassifier:
         params = self.resolved_params(ctx)
-        base = (ctx.text_classifier if base is None else base).float()
+        if params.products not in PRODUCTS:
+            raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {params.products!r}")
+        device = resolve_device(params.device)
+        base = (ctx.text_classifier if base is None else base).float().to(device)
         residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
         scale = logit_scale_exp(ctx.logit_scale)
+        common = dict(batch_size=params.batch_size, weight_decay=params.weight_decay, seed=ctx.seed,
+                      progress=ctx.progress, desc="TaskRes", on_step=on_step)
         if params.gradient == "closed_form":
-            source = _NormalisedSource(ctx.train)
-
-            def grad_fn(feats, labels):
-                loss, grad = taskres_loss_and_grad(feats, labels, base, residual.detach(), params.alpha, scale)
-                residual.grad = grad
-                return loss
-
-            history = train_loop([residual], None, source, schedule, batch_size=params.batch_size,
-                                 weight_decay=params.weight_decay, seed=ctx.seed, progress=ctx.progress,
-                                 desc="TaskRes", grad_fn=grad_fn, on_step=on_step)
+            step = ResidualGradient(base, params.alpha, scale, params.products)
+            source = _NormalisedSource(ctx.train, step.feature_dtype, device)
+            history = train_loop([residual], None, source, schedule,
+                                 grad_fn=lambda feats, labels: step(feats, labels, residual.detach()), **common)
         elif params.gradient == "autograd":
+            if params.products != "fp32":
+                raise ValueError("--set products=bf16 needs gradient=closed_form")
+            source = _DeviceSource(ctx.train, device)
+
             def loss_fn(feats, labels):
                 logits = taskres_logits(feats, base, residual, params.alpha, ctx.logit_scale)
                 return F.cross_entropy(logits, labels)
 
-            history = train_loop([residual], loss_fn, ctx.train, schedule, batch_size=params.batch_size,
-                                 weight_decay=params.weight_decay, seed=ctx.seed, progress=ctx.progress,
-                                 desc="TaskRes", on_step=on_step)
+            history = train_loop([residual], loss_fn, source, schedule, **common)
         else:
             raise ValueError(f"--set gradient must be 'closed_form' or 'autograd', not {params.gradient!r}")
         meta = ctx.meta(self.name, params, loss_history=history)
-        return CosineClassifier(meta, base, residual.detach(), params.alpha, ctx.logit_scale)
+        return CosineClassifier(meta, base.cpu(), residual.detach().cpu(), params.alpha, ctx.logit_scale)
