@@ -122,7 +122,7 @@ def main() -> None:
         backbone = load_backbone(BackboneConfig(args.model, "none", args.device, args.precision))
         view = View("aug", 0, 1) if args.view == "aug" else View()
         workers = loader_workers(len(samples), args.batch_size, args.workers, backbone.device.type)
-        decode = time_decode(backbone, samples, args.batch_size, workers) if workers else float("nan")
+        decode = time_decode(backbone, samples, args.batch_size, workers) if workers else None
         enc, pipe = [], []
         for _ in range(args.repeats):
             enc.append(time_encoder(backbone, len(samples), args.batch_size))
@@ -139,7 +139,7 @@ def main() -> None:
             "ratios": [round(r, 3) for r in ratios], "median_encoder_img_s": round(statistics.median(enc), 2),
             "median_pipeline_img_s": round(statistics.median(pipe), 2),
             "median_ratio": round(statistics.median(ratios), 3),
-            "decode_only_img_s": round(decode, 1),
+            "decode_only_img_s": None if decode is None else round(decode, 1),
             "machine": {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
                         "python": platform.python_version(), "torch": torch.__version__},

@@ -70,6 +70,26 @@ def test_eval_and_predict(class_folder, tmp_path, capsys):
     assert probs == sorted(probs, reverse=True)
 
 
+def test_a_gpu_run_is_evaluated_on_the_cpu_with_device_cpu(class_folder, tmp_path, capsys):
+    assert main(fit_args(class_folder, tmp_path / "run", "--method", "zeroshot")) == 0
+    config_file = tmp_path / "run" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["backbone"]["device"] = "cuda:7"  # as written by `fit --device cuda:7` on a GPU machine
+    config_file.write_text(json.dumps(config))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--dataset", str(class_folder), "--device", "cpu", "--json",
+                 "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["top1"] == pytest.approx(metrics["top1"]["test"])
+    image = sorted((class_folder / "red_thing").iterdir())[0]
+    assert main(["predict", str(tmp_path / "run"), str(image), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(image)
+    if not torch.cuda.is_available():  # the run's own device is still what is used when none is given
+        assert main(["predict", str(tmp_path / "run"), str(image)]) != 0
+        assert "--device cuda:7 was asked for" in capsys.readouterr().err
+
+
 def test_saved_classifier_reloads_to_identical_logits(class_folder, tmp_path):
     assert main(fit_args(class_folder, tmp_path / "run")) == 0
     clf = load_classifier(tmp_path / "run")

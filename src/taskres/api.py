@@ -205,15 +205,6 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     return FitResult(classifier, metrics, run_dir)
 
 
-def _backbone_for(clf: Classifier, backbone_cfg: BackboneConfig | None) -> Backbone:
-    if backbone_cfg is None:
-        ident = clf.meta.backbone
-        backbone_cfg = BackboneConfig(name=ident["model"], pretrained=_pretrained_hint(ident))
-    backbone = load_backbone(backbone_cfg)
-    check_backbone(clf, backbone.identity)
-    return backbone
-
-
 def _pretrained_hint(identity: dict) -> str:
     p = identity.get("pretrained", "none")
     if identity.get("model") == "taskres-mini" and p.endswith(".safetensors"):
@@ -229,8 +220,14 @@ def run_backbone_config(run_dir: Path) -> BackboneConfig | None:
 
 
 def _classifier_and_backbone(run_or_classifier, backbone_cfg: BackboneConfig | None,
-                             backbone: Backbone | None) -> tuple[Classifier, Backbone]:
-    """A saved (or given) classifier and the backbone it was trained on, checked to match."""
+                             backbone: Backbone | None, *, device: str | None = None,
+                             precision: str | None = None) -> tuple[Classifier, Backbone]:
+    """A saved (or given) classifier and the backbone it was trained on, checked to match.
+
+    Without ``backbone_cfg`` the backbone is the run's own (its config.json), else the one the classifier
+    names; ``device`` / ``precision`` replace its device and precision (a run made on a GPU is evaluated
+    on a CPU with ``device="cpu"``).
+    """
     if isinstance(run_or_classifier, Classifier):
         clf = run_or_classifier
     else:
@@ -238,18 +235,25 @@ def _classifier_and_backbone(run_or_classifier, backbone_cfg: BackboneConfig | N
         if backbone_cfg is None and Path(run_or_classifier).is_dir():
             backbone_cfg = run_backbone_config(Path(run_or_classifier))
     if backbone is None:
-        backbone = _backbone_for(clf, backbone_cfg)
-    else:
-        check_backbone(clf, backbone.identity)
+        if backbone_cfg is None:
+            ident = clf.meta.backbone
+            backbone_cfg = BackboneConfig(name=ident["model"], pretrained=_pretrained_hint(ident))
+        changes = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
+        backbone = load_backbone(dataclasses.replace(backbone_cfg, **changes))
+    check_backbone(clf, backbone.identity)
     return clf, backbone
 
 
 def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_root: str | None = None,
              split: str = "test", backbone_cfg: BackboneConfig | None = None, cache_dir: str | None = None,
              batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
-             progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None) -> dict:
-    """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows."""
-    clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone)
+             progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None,
+             device: str | None = None, precision: str | None = None) -> dict:
+    """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows.
+
+    ``device`` / ``precision`` override those of the run's backbone (see ``_classifier_and_backbone``)."""
+    clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
+                                             precision=precision)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
     cfg = FitConfig(batch_size=batch_size, num_workers=num_workers, skip_bad_images=skip_bad_images,
@@ -264,9 +268,11 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
 
 
 def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k: int = 5,
-            backbone_cfg: BackboneConfig | None = None, backbone: Backbone | None = None) -> list[dict]:
-    """Top-k classes with probabilities for each image file."""
-    clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone)
+            backbone_cfg: BackboneConfig | None = None, backbone: Backbone | None = None,
+            device: str | None = None, precision: str | None = None) -> list[dict]:
+    """Top-k classes with probabilities for each image file (``device`` / ``precision`` as in evaluate)."""
+    clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
+                                             precision=precision)
     batch = torch.stack([backbone.preprocess(load_image(p)) for p in images])
     probs = clf.predict_proba(backbone.encode_images(batch))
     k = min(k, probs.shape[1])

@@ -178,7 +178,7 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     if cfg.precision not in PRECISIONS:
         raise BackboneError(f"--precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"--device {cfg.device} was asked for, but no CUDA device is available")
+        raise BackboneError(f"--device {cfg.device} was asked for, but no CUDA device is available; pass --device cpu")
     is_hub = cfg.name.startswith("hf-hub:")
     if not is_hub and cfg.name not in open_clip.list_models():
         raise BackboneError(

@@ -84,7 +84,8 @@ def cmd_eval(args) -> int:
 
     res = evaluate(args.run, args.dataset, data_root=args.data_root, split=args.split,
                    backbone_cfg=backbone_config(args), cache_dir=args.cache_dir, batch_size=args.batch_size,
-                   num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet)
+                   num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet,
+                   device=args.device, precision=args.precision)
     subset = " (class subset)" if res["class_subset"] else ""
     print(f"{res['method']} on {res['dataset']} {res['split']}{subset}: top-1 = {res['top1']:.2f} % "
           f"({res['num_images']} images)")
@@ -96,7 +97,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .api import predict
 
-    for row in predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args)):
+    for row in predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args), device=args.device,
+                       precision=args.precision):
         print(row["image"])
         for name, p in row["top"]:
             print(f"  {p:7.2%}  {name}")

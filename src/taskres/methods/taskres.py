@@ -33,7 +33,7 @@ class TaskResParams:
     warmup_lr: float = 1e-5
     gradient: str = "closed_form"  # "closed_form" (fast, exact) | "autograd"
     products: str = "fp32"  # "fp32" (faithful) | "bf16": bf16 operands for the two matrix products
-    device: str = "auto"  # where the residual is trained: "auto" (a GPU if there is one), "cpu", "cuda[:N]"
+    device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
 
 
 def reference_defaults(task_name: str, backbone_model: str, shots: int, dataset_alpha: float,
@@ -179,7 +179,8 @@ class TaskRes(Method):
         params = self.resolved_params(ctx)
         if params.products not in PRODUCTS:
             raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {params.products!r}")
-        device = resolve_device(params.device)
+        device = (getattr(ctx.backbone, "device", None) or torch.device("cpu")) if params.device == "auto" \
+            else resolve_device(params.device)
         base = (ctx.text_classifier if base is None else base).float().to(device)
         residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
