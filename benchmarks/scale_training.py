@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--shard-size", type=int, default=2048)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (batches and the head on the GPU)")
+    ap.add_argument("--products", default="fp32", choices=["fp32", "bf16"], help="TaskRes --set products=...")
     ap.add_argument("--eager", action="store_true", help="train from an in-memory float32 tensor instead")
     ap.add_argument("--workdir", default=None, help="keep the synthetic cache here (default: a temp folder)")
     ap.add_argument("--gather-only", action="store_true",
@@ -177,7 +178,8 @@ def main() -> None:
             ctx = FitContext(task_name="scale", classnames=[str(i) for i in range(args.classes)], templates=["{}"],
                              text_classifier=base, logit_scale=math.log(100.0), train=source, shots=args.shots,
                              seed=1, backbone_identity={"model": "synthetic"}, progress=False)
-            params = TaskResParams(alpha=0.5, lr=2e-4, epochs=args.epochs, batch_size=args.batch_size)
+            params = TaskResParams(alpha=0.5, lr=2e-4, epochs=args.epochs, batch_size=args.batch_size,
+                                   products=args.products, device=args.device)
             marks["start"] = time.perf_counter()
             clf = TaskRes(params).fit(ctx, on_step=on_step)
             total = time.perf_counter() - marks["start"]
@@ -191,7 +193,7 @@ def main() -> None:
         result = {
             "rows": n, "classes": args.classes, "dim": args.dim, "views": args.views, "store": "fp16",
             "source": "eager float32 tensor" if args.eager else "memory-mapped fp16 shards (MappedViews)",
-            "device": args.device, "batch_size": args.batch_size, "steps_per_epoch": steps,
+            "device": args.device, "products": args.products, "batch_size": args.batch_size, "steps_per_epoch": steps,
             "cache_files_gib": round(file_bytes / gib, 3),
             "eager_float32_gib": round(n * args.dim * 4 * args.views / gib, 3),
             "rss_anon_before_gib": round(before["RssAnon"] / gib, 3),
@@ -207,7 +209,8 @@ def main() -> None:
                         "torch": torch.__version__},
         }
         print(f"{n} rows x {args.dim} ({args.classes} classes x {args.shots} shots), {args.views} view(s): "
-              f"{result['cache_files_gib']} GiB of fp16 shards; {result['source']} on {args.device}")
+              f"{result['cache_files_gib']} GiB of fp16 shards; {result['source']} on {args.device}, "
+              f"{args.products} products")
         print(f"  memory: process's own (RssAnon) peak {result['peak_rss_anon_gib']} GiB (before training "
               f"{result['rss_anon_before_gib']}); resident incl. mapped cache pages peak "
               f"{result['peak_rss_gib_incl_mapped_files']} GiB; an eager float32 copy alone would be "
