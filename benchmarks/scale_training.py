@@ -186,7 +186,7 @@ def main() -> None:
         after = proc_status()
         per_epoch = statistics.median(epoch_times)
         probe = torch.arange(0, n, max(1, n // 4096))
-        acc = float((clf(mapped[0].rows(probe).to(args.device)).argmax(1).cpu() == labels[probe]).float().mean()) * 100
+        acc = float((clf(mapped[0].rows(probe)).argmax(1) == labels[probe]).float().mean()) * 100
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
                    platform.machine())
         gib = 2 ** 30
