@@ -153,3 +153,25 @@ def test_online_regime_runs(class_folder, tmp_path):
     assert main(fit_args(class_folder, tmp_path / "run", "--regime", "online")) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["regime"] == "online" and metrics["views"] == 0
+
+
+@pytest.mark.parametrize("method", ["taskres", "clip_adapter"])
+def test_memory_mapped_views_train_the_same_classifier(class_folder, tmp_path, method):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(fit_args(class_folder, tmp_path / "ram", "--method", method, *cache)) == 0
+    assert main(fit_args(class_folder, tmp_path / "mapped", "--method", method, "--memory-map", *cache)) == 0
+    ram, mapped = load_classifier(tmp_path / "ram"), load_classifier(tmp_path / "mapped")
+    dim = next(iter(ram.tensors().values())).shape[-1]  # every head's first tensor is [*, D]
+    f = torch.randn(6, dim)
+    torch.testing.assert_close(mapped(f), ram(f), rtol=1e-5, atol=1e-5)
+    a = json.loads((tmp_path / "ram" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "mapped" / "metrics.json").read_text())
+    assert a["top1"] == b["top1"] and a["num_train"] == b["num_train"]
+    if method == "taskres":
+        assert ram.residual.abs().sum() > 0
+
+
+def test_memory_map_needs_the_cache(class_folder, tmp_path, capsys):
+    assert main(fit_args(class_folder, tmp_path / "run", "--memory-map", "--cache-dir", "")) != 0
+    err = capsys.readouterr().err.strip()
+    assert "need a cache folder" in err and "\n" not in err

@@ -19,7 +19,8 @@ import torch
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, class_rows, load_classifier, save_classifier)
 from .datasets import FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
-from .features import CachedViews, FeatureCache, OnlineAugmented, View, default_cache_dir, valid_rows
+from .features import (CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir,
+                       valid_rows)
 from .io import read_json, write_json_atomic
 from .methods import FitContext, get_method
 from .transforms import load_image
@@ -42,6 +43,7 @@ class FitConfig:
     regime: str = "cached"  # "cached": train on cached augmented views | "online": fresh augmentation
     views: int = DEFAULT_VIEWS  # augmented views cached per training image (cached regime)
     augment: bool = True  # False: train on the test transform (one view)
+    memory_map: bool = False  # cached regime: the views stay in the cache, memory-mapped (sets larger than RAM)
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
@@ -119,6 +121,12 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
     if cfg.views < 1:
         raise ValueError(f"--views must be at least 1, not {cfg.views}")
     view_list = [View("aug", v, cfg.seed) for v in range(cfg.views)] if cfg.augment else [View()]
+    if cfg.memory_map:  # the same views and the same per-epoch view choice, read from disk batch by batch
+        mapped = [cache.mapped(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                               skip_bad=cfg.skip_bad_images, progress=cfg.progress,
+                               desc=f"encoding train view {i + 1}/{len(view_list)}")
+                  for i, v in enumerate(view_list)]
+        return MappedViews(mapped, _labels(samples), seed=cfg.seed)
     views = torch.stack([
         cache.features(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                        skip_bad=cfg.skip_bad_images, progress=cfg.progress,

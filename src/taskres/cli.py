@@ -65,7 +65,7 @@ def cmd_fit(args) -> int:
     cfg = FitConfig(
         method=args.method, dataset=args.dataset, data_root=args.data_root, backbone=backbone_config(args),
         shots=args.shots, seed=args.seed, regime=args.regime, views=args.views, augment=not args.no_augment,
-        method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
+        memory_map=args.memory_map, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
         eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
         batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
         allow_fewer_shots=args.allow_fewer_shots, progress=not args.quiet)
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "through the image encoder at every step (the reference regime)")
     p.add_argument("--views", type=int, default=10, help="augmented views cached per training image")
     p.add_argument("--no-augment", action="store_true", help="train on the test transform only")
+    p.add_argument("--memory-map", action="store_true",
+                   help="keep the cached training views on disk, memory-mapped, instead of in memory (for "
+                        "training sets larger than RAM; needs the feature cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter, e.g. --set lr=1e-3 --set epochs=50")
     p.add_argument("--eval-split", action="append", default=None, help="split(s) to evaluate (default: test)")
