@@ -315,8 +315,9 @@ def test_subset_classes_relabels_and_keeps_ids(tmp_path):
 def test_base2new_protocol(tmp_path, sweep_data, capsys):
     results = tmp_path / "res"
     argv = ["bench", str(results), "--protocol", "base2new", "--datasets", "caltech101", "--data-root",
-            str(sweep_data["coop"]), "--shots", "2", "--seeds", "1", "--methods", "zeroshot", "taskres", "--quiet",
-            *TINY, *FAST]
+            str(sweep_data["coop"]), "--shots", "2", "--seeds", "1", "--methods", "zeroshot", "taskres", "coop",
+            "clip_adapter", "linear_probe", "--quiet", *TINY, *FAST, "--set", "coop.n_ctx=4", "--set", "coop.epochs=2",
+            "--set", "clip_adapter.epochs=2"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     recs = records(results)
@@ -333,6 +334,12 @@ def test_base2new_protocol(tmp_path, sweep_data, capsys):
     # TaskRes has no residual for unseen classes: on them it is the frozen base, i.e. zero-shot CLIP.
     assert tr["scores"]["new"] == zs["scores"]["new"]
     assert (results / tr["run_dir"] / "classifier_new.safetensors").is_file()
+    # CoOp and CLIP-Adapter carry what they learned to the new classes; a linear probe has nothing to carry
+    for name in ("coop", "clip_adapter"):
+        rec = recs[f"test-tiny__caltech101__{name}__2shot__seed1__base2new"]
+        assert rec["scores"]["new"] is not None and 0 <= rec["scores"]["new"] <= 100
+        assert (results / rec["run_dir"] / "classifier_new.safetensors").is_file()
+    assert recs["test-tiny__caltech101__linear_probe__2shot__seed1__base2new"]["scores"]["new"] is None
     assert "Base-to-new" in out
 
 

@@ -138,7 +138,7 @@ def zero_shot(ctx):
 def test_registry_lists_every_method_and_its_classifier_kind():
     for name in OURS:
         assert name in METHODS and METHODS[name].name == name
-    assert {"cosine", "linear", "clip_adapter", "tip_adapter"} <= set(CLASSIFIERS)
+    assert {"cosine", "linear", "clip_adapter", "tip_adapter", "coop"} <= set(CLASSIFIERS)
 
 
 @pytest.mark.parametrize("name", OURS)
@@ -193,6 +193,33 @@ def test_coop_training_beats_its_own_initial_prompts(task):
     untrained = get_method("coop", {**FAST["coop"], "epochs": 0}).fit(task.ctx)
     trained = get_method("coop", FAST["coop"]).fit(task.ctx)
     assert top1(trained, task.test_x, task.test_y) >= top1(untrained, task.test_x, task.test_y) + 0.2
+
+
+def test_coop_keeps_its_context_and_rebuilds_its_own_prompts_from_it(task, tmp_path):
+    method = get_method("coop", {**FAST["coop"], "epochs": 3})
+    clf = method.fit(task.ctx)
+    assert clf.kind == "coop" and clf.context.shape == (4, task.ctx.backbone.model.transformer.width)
+    save_classifier(clf, tmp_path / "coop.safetensors")
+    loaded = load_classifier(tmp_path / "coop.safetensors")
+    assert torch.equal(loaded.context, clf.context)
+    # the base-to-new hook on the training classes themselves gives back the trained classifier
+    again = method.classifier_for_new_classes(loaded, task.ctx)
+    torch.testing.assert_close(again.base, clf.base, rtol=1e-5, atol=1e-5)
+    assert again.meta.extra["new_classes"] == "learned context, new class names"
+
+
+def test_clip_adapter_carries_its_adapter_to_new_classes(feature_task):
+    task = feature_task
+    method = get_method("clip_adapter", {**FAST["clip_adapter"], "epochs": 3})
+    clf = method.fit(task.ctx)
+    same = method.classifier_for_new_classes(clf, task.ctx)
+    with torch.no_grad():
+        assert torch.equal(same(task.test_x), clf(task.test_x))
+    other = dataclasses.replace(task.ctx, text_classifier=task.ctx.text_classifier.flip(0),
+                                classnames=task.ctx.classnames[::-1])
+    new = method.classifier_for_new_classes(clf, other)
+    assert torch.equal(new.fc1, clf.fc1) and torch.equal(new.text, other.text_classifier)
+    assert new.classnames == other.classnames
 
 
 def test_coop_schedule_follows_the_shots():

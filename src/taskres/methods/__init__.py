@@ -6,7 +6,7 @@ from ..classifier import CosineClassifier
 from .base import FitContext, Method, TrainingError, parse_overrides
 from .clip_adapter import AdapterClassifier, ClipAdapter
 from .common import LinearClassifier
-from .coop import CoOp
+from .coop import CoOp, PromptClassifier
 from .gda import GDA
 from .linear_probe import LinearProbe
 from .lpp import LPP
@@ -35,6 +35,7 @@ CLASSIFIERS = {
     LinearClassifier.kind: LinearClassifier,
     AdapterClassifier.kind: AdapterClassifier,
     CacheClassifier.kind: CacheClassifier,
+    PromptClassifier.kind: PromptClassifier,
 }
 
 

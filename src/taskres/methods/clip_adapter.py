@@ -111,3 +111,10 @@ class ClipAdapter(Method):
                              seed=ctx.seed, progress=ctx.progress, desc="CLIP-Adapter")
         meta = ctx.meta(self.name, params, loss_history=history)
         return AdapterClassifier(meta, fc1.detach(), fc2.detach(), text, params.ratio, ctx.logit_scale)
+
+    def classifier_for_new_classes(self, classifier: AdapterClassifier, ctx: FitContext) -> AdapterClassifier:
+        """Classes never trained on (base-to-new): the trained adapter acts on image features only, so it is
+        kept, in front of the new classes' zero-shot text classifier."""
+        meta = ctx.meta(self.name, classifier.meta.hparams, new_classes="trained adapter, new text classifier")
+        return AdapterClassifier(meta, classifier.fc1, classifier.fc2, ctx.text_classifier, classifier.ratio,
+                                 ctx.logit_scale)

@@ -6,8 +6,9 @@ The prompt of class c is ``[SOS] v_1 ... v_M [CLASS c] . [EOS]``: M context vect
     logits = exp(logit_scale) * normalize(f) @ normalize(g([v, name_c]))^T
 
 with g the text encoder. Image features come from the cache, so each step costs one pass of the C prompts
-through the text transformer. The exported classifier is a ``CosineClassifier`` whose base is the learned
-prompts' text features, so evaluating it needs no text encoder.
+through the text transformer. The exported classifier (``PromptClassifier``) is a cosine classifier whose
+base is the learned prompts' text features, so evaluating it needs no text encoder; it also keeps the
+learned context vectors, from which the prompts of other class names are built (base-to-new).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..classifier import CosineClassifier, logit_scale_exp
+from ..classifier import ClassifierMeta, CosineClassifier, logit_scale_exp
 from .base import FitContext, Method, TrainingError
 from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
 from .text_encoder import TextTower
@@ -96,6 +97,31 @@ class PromptLearner(torch.nn.Module):
         return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)  # class token at the end
 
 
+class PromptClassifier(CosineClassifier):
+    """CoOp's head: the learned prompts' text features (the cosine classifier's base) and the learned context."""
+
+    kind = "coop"
+
+    def __init__(self, meta: ClassifierMeta, base: torch.Tensor, context: torch.Tensor, logit_scale: float):
+        super().__init__(meta, base, None, 0.0, logit_scale)
+        self.register_buffer("context", context.detach().float().cpu().clone())  # v_1..v_M [M, width]
+
+    def tensors(self):
+        return {"base": self.base, "context": self.context}
+
+    def config(self):
+        return {"logit_scale": self.logit_scale}
+
+    @classmethod
+    def from_tensors(cls, tensors, meta, config):
+        return cls(meta, tensors["base"], tensors["context"], config["logit_scale"])
+
+
+def prompt_features(tower: TextTower, learner: PromptLearner) -> torch.Tensor:
+    """g([v, name_c]) for every class of ``learner``: the prompts through the frozen text encoder."""
+    return tower.project(tower.pooled(learner(), learner.tokens), *tower.projection())
+
+
 @dataclass
 class CoOp(Method):
     name = "coop"
@@ -119,11 +145,8 @@ class CoOp(Method):
         scale = logit_scale_exp(ctx.logit_scale)
         device = tower.device
 
-        def text_features() -> torch.Tensor:
-            return tower.project(tower.pooled(learner(), learner.tokens), *tower.projection())
-
         def loss_fn(feats, labels):
-            text = F.normalize(text_features(), dim=-1)
+            text = F.normalize(prompt_features(tower, learner), dim=-1)
             logits = scale * F.normalize(feats, dim=-1) @ text.t()
             return F.cross_entropy(logits, labels)
 
@@ -133,7 +156,26 @@ class CoOp(Method):
                              batch_size=params.batch_size, seed=ctx.seed, progress=ctx.progress, desc="CoOp",
                              device=device)
         with torch.no_grad():
-            base = text_features().float().cpu()
+            base = prompt_features(tower, learner).float().cpu()
         meta = ctx.meta(self.name, params, loss_history=history, n_ctx=learner.n_ctx,
                         prompt_prefix=learner.prompt_prefix)
-        return CosineClassifier(meta, base, None, 0.0, ctx.logit_scale)
+        return PromptClassifier(meta, base, learner.ctx, ctx.logit_scale)
+
+    def classifier_for_new_classes(self, classifier: CosineClassifier, ctx: FitContext) -> PromptClassifier | None:
+        """Classes never trained on (base-to-new): the learned context in front of their names."""
+        if not isinstance(classifier, PromptClassifier):
+            return None  # saved before the context was kept: the prompts cannot be rebuilt
+        if ctx.backbone is None:
+            raise TrainingError("CoOp builds prompts through the text encoder, but no backbone was given")
+        params = self.resolved_params(ctx)
+        tower = TextTower(ctx.backbone)
+        learner = PromptLearner(tower, ctx.classnames, params, ctx.seed)
+        if learner.ctx.shape != classifier.context.shape:
+            raise TrainingError(f"CoOp: the classifier has {classifier.context.shape[0]} context vectors, the "
+                                f"settings give {learner.n_ctx}")
+        with torch.no_grad():
+            learner.ctx.copy_(classifier.context)
+            base = prompt_features(tower, learner).float().cpu()
+        meta = ctx.meta(self.name, classifier.meta.hparams, new_classes="learned context, new class names",
+                        n_ctx=learner.n_ctx, prompt_prefix=learner.prompt_prefix)
+        return PromptClassifier(meta, base, classifier.context, ctx.logit_scale)
