@@ -15,7 +15,7 @@ from taskres.methods import TrainingError, get_method
 from taskres.methods.base import FitContext
 from taskres.methods.taskres import TaskRes, TaskResParams, reference_defaults, taskres_logits, \
     taskres_loss_and_grad
-from taskres.methods.training import Schedule, epoch_batches, train_loop
+from taskres.methods.training import Schedule, epoch_batches
 
 C, D = 5, 16
 

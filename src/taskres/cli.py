@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import sys
-from pathlib import Path
 
 from .backbone import BackboneConfig, BackboneError
 from .classifier import ClassifierError

@@ -7,7 +7,7 @@ A method never touches files or images. What it may use of the backbone is the t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..classifier import Classifier, ClassifierMeta, logit_scale_exp
+from ..classifier import Classifier, ClassifierMeta
 from .base import FitContext, Method
 from .common import (StepCosine, accuracy, check_classes, check_epochs, has_val, linspace_grid, normalized_text,
                      require_positive, run_epochs, train_matrix, warn_no_val, zero_shot_logits)
