@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -249,3 +250,23 @@ def test_non_finite_loss_stops_the_closed_form_path_too():
     ctx.train.views[0, 3, :] = float("inf")
     with pytest.raises(TrainingError, match=r"loss became nan in epoch 0"):
         TaskRes(TaskResParams(epochs=3)).fit(ctx)
+
+
+@pytest.mark.parametrize("products", ["fp32", "bf16"])
+def test_batch_by_batch_sources_train_like_in_memory_views(products):
+    """Sources without an in-memory ``views`` tensor (memory-mapped, online) are normalised and converted
+    per batch; that must give the same residual as the views normalised once."""
+
+    class BatchOnly:
+        def __init__(self, inner):
+            self.inner, self.labels, self.num_samples = inner, inner.labels, inner.num_samples
+
+        def features(self, idx, epoch):
+            return self.inner.features(idx, epoch)
+
+    ctx = separable_context(n_per_class=16, views=3)
+    params = TaskResParams(epochs=5, lr=5e-3, batch_size=16, products=products)
+    in_memory = TaskRes(params).fit(ctx)
+    batched = TaskRes(params).fit(dataclasses.replace(ctx, train=BatchOnly(ctx.train)))
+    torch.testing.assert_close(batched.residual, in_memory.residual, rtol=1e-5, atol=1e-7)
+    assert in_memory.residual.abs().sum() > 0
