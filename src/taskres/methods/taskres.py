@@ -74,7 +74,8 @@ class ResidualGradient:
     the residual that Adam updates. Where the hardware has bf16 dot products (x86 avx512_bf16/AMX, recent
     GPUs) the products run 2-3 times faster; BENCHMARKS.md measures the accuracy gap.
 
-    Call with L2-normalised features of dtype ``feature_dtype``.
+    Call with L2-normalised features of dtype ``feature_dtype``. The gradient returned is a buffer that the
+    next call overwrites (an optimiser step consumes it first).
     """
 
     def __init__(self, base: torch.Tensor, alpha: float, scale: float, products: str = "fp32"):
