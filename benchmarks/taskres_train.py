@@ -94,6 +94,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--plain-epochs", type=int, default=5, help="epochs of the plain-PyTorch baseline (0: skip)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--figure", default=None, help="also draw the measured seconds for the whole run (PNG/SVG)")
+    ap.add_argument("--target", type=float, default=60.0, help="the line drawn on the figure, in seconds")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,14 +120,14 @@ def main():
     ctx = FitContext(task_name="bench", classnames=[str(i) for i in range(args.classes)], templates=["{}"],
                      text_classifier=base, logit_scale=math.log(100.0), train=CachedViews(feats, labels, 0),
                      shots=args.shots, seed=1, backbone_identity={"model": "bench"}, progress=False)
-    fitted = {}
+    fitted, seconds_of = {}, {}
     for name in products:
         params = TaskResParams(alpha=0.5, lr=2e-4, epochs=args.epochs, batch_size=args.batch, products=name,
                                device=str(device))
         t = time.perf_counter()
         clf = TaskRes(params).fit(ctx)
         seconds = time.perf_counter() - t
-        fitted[name] = clf
+        fitted[name], seconds_of[name] = clf, seconds
         train_acc = float((clf(feats[0]).argmax(1) == labels).float().mean()) * 100
         test_acc = float((clf(held_out).argmax(1) == labels).float().mean()) * 100
         print(f"taskres, {name} products: {seconds:.1f} s for {args.epochs} epochs = {seconds / args.epochs:.3f} "
@@ -138,6 +140,7 @@ def main():
         print(f"bf16 vs fp32 products: residuals differ by {rel:.2e} (relative L2); held-out predictions agree "
               f"on {agree:.2f} %")
 
+    plain = None
     if args.plain_epochs:
         t = time.perf_counter()
         plain_pytorch_epochs(feats.to(device), labels.to(device), base.to(device), args.plain_epochs, args.batch,
@@ -146,6 +149,40 @@ def main():
         plain = (time.perf_counter() - t) / args.plain_epochs
         print(f"plain PyTorch (autograd, stock Adam): {plain:.3f} s/epoch, measured over {args.plain_epochs} "
               f"epochs -> {plain * args.epochs:.0f} s for {args.epochs} epochs (extrapolated)")
+    if args.figure:
+        draw(args, where, floor, seconds_of, plain)
+        print(f"figure: {args.figure}")
+
+
+def draw(args, where, floor, seconds_of, plain):
+    """Horizontal bars of seconds for the whole run: what was timed, the products' floor, the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []  # (label, seconds, kind)
+    if plain is not None:
+        rows.append(("plain PyTorch (extrapolated)", plain * args.epochs, "plain"))
+    for name, seconds in seconds_of.items():
+        rows.append((f"ours, {name} products", seconds, name))
+        rows.append((f"{name} products alone", floor[name] * args.epochs, "floor"))
+    colours = {"plain": "#9e9e9e", "fp32": "#1f77b4", "bf16": "#2ca02c", "floor": "#d9d9d9"}
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    ax.barh(ys, [r[1] for r in rows], color=[colours[r[2]] for r in rows])
+    for y, (_, value, _) in zip(ys, rows):
+        ax.text(value, y, f" {value:.1f} s", va="center", fontsize=9)
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=9)
+    ax.axvline(args.target, color="#d62728", linestyle="--", linewidth=1)
+    ax.text(args.target, -0.55, f" target {args.target:g} s", color="#d62728", fontsize=9, va="center")
+    ax.set_xlabel(f"seconds for {args.epochs} epochs")
+    ax.set_xlim(0, max(max(r[1] for r in rows), args.target) * 1.18)
+    n = args.classes * args.shots
+    ax.set_title(f"TaskRes, {n:,} x {args.dim} features, {args.classes:,} classes, batch {args.batch}\n{where}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.figure, dpi=130)
 
 
 if __name__ == "__main__":
