@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from taskres.features import CachedViews
 from taskres.methods.base import FitContext
+from taskres.methods.fused import available as fused_available
 from taskres.methods.taskres import TaskRes, TaskResParams
 from taskres.methods.training import Schedule, epoch_batches
 
@@ -92,6 +93,8 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--products", default="fp32,bf16", help="comma-separated: fp32 (faithful), bf16")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="bf16 on the CPU: plain torch ops instead of numba's fused kernels")
     ap.add_argument("--plain-epochs", type=int, default=5, help="epochs of the plain-PyTorch baseline (0: skip)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--figure", default=None, help="also draw the measured seconds for the whole run (PNG/SVG)")
@@ -123,14 +126,16 @@ def main():
     fitted, seconds_of = {}, {}
     for name in products:
         params = TaskResParams(alpha=0.5, lr=2e-4, epochs=args.epochs, batch_size=args.batch, products=name,
-                               device=str(device))
+                               device=str(device), fused=not args.no_fused)
         t = time.perf_counter()
         clf = TaskRes(params).fit(ctx)
         seconds = time.perf_counter() - t
         fitted[name], seconds_of[name] = clf, seconds
         train_acc = float((clf(feats[0]).argmax(1) == labels).float().mean()) * 100
         test_acc = float((clf(held_out).argmax(1) == labels).float().mean()) * 100
-        print(f"taskres, {name} products: {seconds:.1f} s for {args.epochs} epochs = {seconds / args.epochs:.3f} "
+        how = " (fused kernels)" if name == "bf16" and params.fused and device.type == "cpu" and fused_available() \
+            else ""
+        print(f"taskres, {name} products{how}: {seconds:.1f} s for {args.epochs} epochs = {seconds / args.epochs:.3f} "
               f"s/epoch ({seconds / args.epochs / floor[name]:.2f}x its matrix products); "
               f"top-1 train {train_acc:.2f} %, held-out {test_acc:.2f} %", flush=True)
     if "fp32" in fitted and "bf16" in fitted:

@@ -270,3 +270,66 @@ def test_batch_by_batch_sources_train_like_in_memory_views(products):
     batched = TaskRes(params).fit(dataclasses.replace(ctx, train=BatchOnly(ctx.train)))
     torch.testing.assert_close(batched.residual, in_memory.residual, rtol=1e-5, atol=1e-7)
     assert in_memory.residual.abs().sum() > 0
+
+
+def test_fused_weights_kernel_rounds_like_torch_and_gives_the_norms():
+    pytest.importorskip("numba")
+    from taskres.methods.fused import FusedBf16Adam
+
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(37, 300, generator=g)
+    x = torch.randn(37, 300, generator=g)
+    # t' exactly on bf16 rounding ties (1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6: to even) and other edges
+    base[0, :8] = 0.0
+    x[0, :8] = torch.tensor([1.00390625, 1.01171875, -1.00390625, 3.0, 0.0, -0.0, 1e-30, 65504.0]) * 2
+    adam = FusedBf16Adam(base, x.clone(), 0.5, 1e-3, 5e-4)
+    low, norms = adam.weights()
+    weights = base + 0.5 * x
+    assert torch.equal(low.view(torch.int16), weights.to(torch.bfloat16).view(torch.int16))  # nearest, ties even
+    torch.testing.assert_close(norms, weights.norm(dim=1), rtol=1e-5, atol=0)
+
+
+def test_fused_adam_kernel_is_torch_adam_on_the_corrected_gradient():
+    pytest.importorskip("numba")
+    from taskres.methods.fused import FusedBf16Adam
+    from taskres.methods.training import CoupledAdam
+
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(C, D, generator=g)
+    x0 = 0.1 * torch.randn(C, D, generator=g)
+    fused = FusedBf16Adam(base, x0.clone(), 0.5, 1e-3, 5e-4)
+    ref = torch.nn.Parameter(x0.clone())
+    adam = CoupledAdam(ref, 1e-3, 5e-4)
+    for lr in (1e-5, 2e-3, 1e-3, 5e-4):
+        product = torch.randn(C, D, generator=g).to(torch.bfloat16)
+        coef = torch.randn(C, generator=g)
+        grad = product.float() - coef[:, None] * (base + 0.5 * ref.detach())
+        fused.lr = adam.lr = lr
+        fused.step(product, coef)
+        adam.step(grad)
+        torch.testing.assert_close(fused.residual, ref.detach(), rtol=1e-5, atol=1e-7)
+    assert not torch.equal(fused.residual, x0)
+
+
+def test_fused_bf16_training_matches_the_torch_bf16_path():
+    pytest.importorskip("numba")
+    ctx = separable_context(n_per_class=16, views=2)
+    params = dict(epochs=20, lr=5e-3, batch_size=16, products="bf16")
+    plain = TaskRes(TaskResParams(**params, fused=False)).fit(ctx)
+    seen = []
+    fused = TaskRes(TaskResParams(**params)).fit(ctx, on_step=lambda e, s, lr, loss: seen.append(loss))
+    diff = (fused.residual - plain.residual).norm() / plain.residual.norm()
+    assert diff < 2e-3
+    assert len(seen) == 20 * 5 and plain.meta.extra["loss_history"] == pytest.approx(
+        fused.meta.extra["loss_history"], rel=1e-3)
+
+
+def test_bf16_falls_back_to_torch_without_numba(monkeypatch):
+    from taskres.methods import fused
+
+    monkeypatch.setattr(fused, "numba", None)
+    ctx = separable_context(n_per_class=4)
+    clf = TaskRes(TaskResParams(epochs=3, lr=5e-3, products="bf16")).fit(ctx)
+    assert clf.residual.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="need numba"):
+        fused.FusedBf16Adam(ctx.text_classifier, torch.zeros(C, D), 0.5, 1e-3, 5e-4)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..classifier import CosineClassifier, logit_scale_exp
 from .base import FitContext, Method
+from .fused import available as fused_available
 from .training import Schedule, resolve_device, train_loop
 
 RN50_NAMES = ("RN50",)
@@ -33,6 +34,7 @@ class TaskResParams:
     warmup_lr: float = 1e-5
     gradient: str = "closed_form"  # "closed_form" (fast, exact) | "autograd"
     products: str = "fp32"  # "fp32" (faithful) | "bf16": bf16 operands for the two matrix products
+    fused: bool = True  # bf16 on the CPU: fused kernels for the passes over the weights, if numba is installed
     device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
 
 
@@ -78,16 +80,19 @@ class ResidualGradient:
     next call overwrites (an optimiser step consumes it first).
     """
 
-    def __init__(self, base: torch.Tensor, alpha: float, scale: float, products: str = "fp32"):
+    def __init__(self, base: torch.Tensor, alpha: float, scale: float, products: str = "fp32",
+                 buffers: bool = True):
         if products not in PRODUCTS:
             raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {products!r}")
         self.base, self.alpha, self.scale, self.products = base, alpha, scale, products
         self.feature_dtype = torch.bfloat16 if products == "bf16" else base.dtype
+        self._row_cache = {}
+        if not buffers:
+            return
         self.weights = torch.empty_like(base)  # t'
         self.norms = torch.empty(base.shape[0], dtype=base.dtype, device=base.device)
         self.grad = torch.empty_like(base)
         self._low = torch.empty_like(base, dtype=torch.bfloat16) if products == "bf16" else None
-        self._row_cache = {}
 
     def _rows(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (batch, device, dtype)
@@ -95,6 +100,22 @@ class ResidualGradient:
             self._row_cache[key] = (torch.arange(batch, device=device),
                                     torch.full((batch,), -1.0, dtype=dtype, device=device))
         return self._row_cache[key]
+
+    def softmax_terms(self, dots: torch.Tensor, norms: torch.Tensor,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From d = f t'^T and |t'|: the loss, g scaled per class by alpha s / (n_c B), and the correction's
+        per-class coefficient coef_c = alpha s / n_c^3 * sum_b g_bc d_bc / B (so dL/dx = g^T f - coef t')."""
+        batch = len(labels)
+        col = self.scale / norms  # s / n_c
+        z = dots * col
+        g = torch.softmax(z, dim=1)
+        rows, minus_one = self._rows(batch, labels.device, g.dtype)
+        # log-sum-exp from the row maxima: lse = max z - log(max p), exact, and p's maximum cannot underflow
+        loss = (z.amax(dim=1) - g.amax(dim=1).log_() - z[rows, labels]).mean()
+        g.index_put_((rows, labels), minus_one, accumulate=True)  # softmax - onehot
+        k = col * (self.alpha / batch)
+        coef = torch.linalg.vecdot(g, dots, dim=0).mul_(k).div_(norms.square())
+        return loss, g.mul_(k), coef
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor,
                  residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,17 +127,7 @@ class ResidualGradient:
         else:
             self._low.copy_(weights)
             dots = torch.mm(feats, self._low.t()).to(weights.dtype)
-        batch = len(labels)
-        col = self.scale / norms  # s / n_c
-        z = dots * col
-        g = torch.softmax(z, dim=1)
-        rows, minus_one = self._rows(batch, labels.device, g.dtype)
-        # log-sum-exp from the row maxima: lse = max z - log(max p), exact, and p's maximum cannot underflow
-        loss = (z.amax(dim=1) - g.amax(dim=1).log_() - z[rows, labels]).mean()
-        g.index_put_((rows, labels), minus_one, accumulate=True)  # softmax - onehot
-        k = col * (self.alpha / batch)
-        coef = torch.linalg.vecdot(g, dots, dim=0).mul_(k).div_(norms.square())
-        g.mul_(k)
+        loss, g, coef = self.softmax_terms(dots, norms, labels)
         if self._low is None:
             torch.mm(g.t(), feats, out=grad)
         else:
@@ -129,6 +140,27 @@ def taskres_loss_and_grad(feats_normed: torch.Tensor, labels: torch.Tensor, base
                           residual: torch.Tensor, alpha: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One call of :class:`ResidualGradient` in full precision (the loss and a fresh gradient tensor)."""
     return ResidualGradient(base, alpha, scale)(feats_normed, labels, residual)
+
+
+class FusedStep:
+    """A whole bf16-products training step on the CPU with the fused kernels of :mod:`.fused`: the same
+    loss and gradient as ``ResidualGradient(..., "bf16")`` followed by Adam, with the passes over the
+    weights fused into two kernels. ``residual`` is updated in place."""
+
+    def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float, lr: float,
+                 weight_decay: float):
+        from .fused import FusedBf16Adam
+
+        self.terms = ResidualGradient(base, alpha, scale, "bf16", buffers=False)
+        self.adam = FusedBf16Adam(base, residual, alpha, lr, weight_decay)
+
+    def __call__(self, feats: torch.Tensor, labels: torch.Tensor, lr: float) -> torch.Tensor:
+        low, norms = self.adam.weights()
+        dots = torch.mm(feats, low.t()).float()
+        loss, g, coef = self.terms.softmax_terms(dots, norms, labels)
+        self.adam.lr = lr
+        self.adam.step(torch.mm(g.t().to(torch.bfloat16), feats), coef)
+        return loss
 
 
 class _DeviceSource:
@@ -188,7 +220,13 @@ class TaskRes(Method):
         scale = logit_scale_exp(ctx.logit_scale)
         common = dict(batch_size=params.batch_size, weight_decay=params.weight_decay, seed=ctx.seed,
                       progress=ctx.progress, desc="TaskRes", on_step=on_step)
-        if params.gradient == "closed_form":
+        if params.gradient == "closed_form" and params.products == "bf16" and params.fused \
+                and device.type == "cpu" and fused_available():
+            source = _NormalisedSource(ctx.train, torch.bfloat16, device)
+            stepper = FusedStep(base, residual.detach(), params.alpha, scale, schedule.lr_at(0),
+                                params.weight_decay)
+            history = train_loop([residual], None, source, schedule, step_fn=stepper, **common)
+        elif params.gradient == "closed_form":
             step = ResidualGradient(base, params.alpha, scale, params.products)
             source = _NormalisedSource(ctx.train, step.feature_dtype, device)
             history = train_loop([residual], None, source, schedule,

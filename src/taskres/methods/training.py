@@ -102,23 +102,25 @@ def train_loop(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
                source, schedule: Schedule, *, batch_size: int, weight_decay: float, seed: int,
                progress: bool = True, desc: str = "training",
                grad_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+               step_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None,
                on_step: Callable[[int, int, float, float], None] | None = None) -> list[float]:
     """Run the schedule over ``source`` and return the mean loss of each epoch.
 
     ``loss_fn(features, labels)`` gives the loss; autograd gives the gradients. A method with a closed-form
     gradient of its one parameter passes ``grad_fn(features, labels) -> (loss, gradient)`` instead, and
-    its Adam steps are :class:`CoupledAdam`'s (the same update). ``on_step(epoch, step, lr, loss)`` is
-    called after every optimiser step (for tests and logging).
+    its Adam steps are :class:`CoupledAdam`'s (the same update). A method that makes the whole step itself
+    (gradient and Adam, e.g. fused kernels) passes ``step_fn(features, labels, lr) -> loss``.
+    ``on_step(epoch, step, lr, loss)`` is called after every optimiser step (for tests and logging).
 
     The loss is summed where it is computed and checked once an epoch: a NaN or infinite loss stops the
     run with the epoch named, and a GPU is not made to wait for the host at every step.
     """
     from tqdm.auto import tqdm
 
-    if grad_fn is not None:
+    if step_fn is None and grad_fn is not None:
         (param,) = params
         adam = CoupledAdam(param, schedule.lr_at(0), weight_decay)
-    else:
+    elif step_fn is None:
         opt = make_adam(params, schedule.lr_at(0), weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history = []
@@ -128,7 +130,9 @@ def train_loop(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
         total, steps = None, 0
         for step, idx in enumerate(epoch_batches(source.num_samples, batch_size, gen)):
             feats, labels = source.features(idx, epoch), source.labels[idx]
-            if grad_fn is not None:
+            if step_fn is not None:
+                loss = step_fn(feats, labels, lr)
+            elif grad_fn is not None:
                 loss, grad = grad_fn(feats, labels)
                 adam.lr = lr
                 adam.step(grad)
