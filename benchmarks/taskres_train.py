@@ -123,7 +123,7 @@ def main():
     ctx = FitContext(task_name="bench", classnames=[str(i) for i in range(args.classes)], templates=["{}"],
                      text_classifier=base, logit_scale=math.log(100.0), train=CachedViews(feats, labels, 0),
                      shots=args.shots, seed=1, backbone_identity={"model": "bench"}, progress=False)
-    fitted, seconds_of = {}, {}
+    fitted, seconds_of, label_of = {}, {}, {}
     for name in products:
         params = TaskResParams(alpha=0.5, lr=2e-4, epochs=args.epochs, batch_size=args.batch, products=name,
                                device=str(device), fused=not args.no_fused)
@@ -135,6 +135,7 @@ def main():
         test_acc = float((clf(held_out).argmax(1) == labels).float().mean()) * 100
         how = " (fused kernels)" if name == "bf16" and params.fused and device.type == "cpu" and fused_available() \
             else ""
+        label_of[name] = f"ours, {name} products{how}"
         print(f"taskres, {name} products{how}: {seconds:.1f} s for {args.epochs} epochs = {seconds / args.epochs:.3f} "
               f"s/epoch ({seconds / args.epochs / floor[name]:.2f}x its matrix products); "
               f"top-1 train {train_acc:.2f} %, held-out {test_acc:.2f} %", flush=True)
@@ -155,11 +156,11 @@ def main():
         print(f"plain PyTorch (autograd, stock Adam): {plain:.3f} s/epoch, measured over {args.plain_epochs} "
               f"epochs -> {plain * args.epochs:.0f} s for {args.epochs} epochs (extrapolated)")
     if args.figure:
-        draw(args, where, floor, seconds_of, plain)
+        draw(args, where, floor, seconds_of, label_of, plain)
         print(f"figure: {args.figure}")
 
 
-def draw(args, where, floor, seconds_of, plain):
+def draw(args, where, floor, seconds_of, label_of, plain):
     """Horizontal bars of seconds for the whole run: what was timed, the products' floor, the target."""
     import matplotlib
 
@@ -170,7 +171,7 @@ def draw(args, where, floor, seconds_of, plain):
     if plain is not None:
         rows.append(("plain PyTorch (extrapolated)", plain * args.epochs, "plain"))
     for name, seconds in seconds_of.items():
-        rows.append((f"ours, {name} products", seconds, name))
+        rows.append((label_of[name], seconds, name))
         rows.append((f"{name} products alone", floor[name] * args.epochs, "floor"))
     colours = {"plain": "#9e9e9e", "fp32": "#1f77b4", "bf16": "#2ca02c", "floor": "#d9d9d9"}
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.4))
