@@ -327,7 +327,8 @@ def test_fused_bf16_training_matches_the_torch_bf16_path():
 def test_bf16_falls_back_to_torch_without_numba(monkeypatch):
     from taskres.methods import fused
 
-    monkeypatch.setattr(fused, "numba", None)
+    monkeypatch.setattr(fused, "available", lambda: False)
+    monkeypatch.setattr("taskres.methods.taskres.fused_available", lambda: False)
     ctx = separable_context(n_per_class=4)
     clf = TaskRes(TaskResParams(epochs=3, lr=5e-3, products="bf16")).fit(ctx)
     assert clf.residual.abs().sum() > 0

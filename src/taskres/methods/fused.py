@@ -17,24 +17,26 @@ products' operands anyway; the fp32 path stays plain torch.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import numpy as np
 import torch
 
-try:
-    import numba
-except ImportError:  # the torch path is used instead
-    numba = None
 
-
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    return numba is not None
+    """Whether numba is installed (it is imported, and the kernels compiled, only when first used)."""
+    return importlib.util.find_spec("numba") is not None
 
 
-if numba is not None:
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    import numba
+
     @numba.njit(parallel=True, fastmath=True, cache=True)
-    def _weights_bf16(base, x, alpha, out_bits, norms):  # pragma: no cover - compiled
+    def weights_bf16(base, x, alpha, out_bits, norms):  # pragma: no cover - compiled
         rows, cols = base.shape
         for c in numba.prange(rows):
             acc = np.float32(0.0)
@@ -47,8 +49,8 @@ if numba is not None:
             norms[c] = np.sqrt(acc)
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
-    def _adam_step(grad_bits, coef, base, x, alpha, m, v, step_size, beta1, beta2, eps, weight_decay,
-                   inv_bias2_sqrt):  # pragma: no cover - compiled
+    def adam_step(grad_bits, coef, base, x, alpha, m, v, step_size, beta1, beta2, eps, weight_decay,
+                  inv_bias2_sqrt):  # pragma: no cover - compiled
         rows, cols = base.shape
         one_minus_b1 = np.float32(1.0) - beta1
         one_minus_b2 = np.float32(1.0) - beta2
@@ -64,6 +66,8 @@ if numba is not None:
                 v[c, d] = vv
                 x[c, d] = xv - step_size * mv / (np.sqrt(vv) * inv_bias2_sqrt + eps)
 
+    return numba, weights_bf16, adam_step
+
 
 def _bits(t: torch.Tensor) -> np.ndarray:
     """A bf16 tensor's storage as a uint16 numpy array (no copy)."""
@@ -75,8 +79,9 @@ class FusedBf16Adam:
 
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, lr: float, weight_decay: float,
                  betas=(0.9, 0.999), eps: float = 1e-8):
-        if numba is None:
+        if not available():
             raise RuntimeError("the fused kernels need numba (pip install taskres[fast])")
+        numba, self._weights_kernel, self._adam_kernel = _kernels()
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         self.base, self.residual = base.contiguous(), residual  # residual: updated in place
         self.alpha, self.lr, self.weight_decay, self.betas, self.eps = alpha, lr, weight_decay, betas, eps
@@ -91,7 +96,7 @@ class FusedBf16Adam:
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """bf16 t' and the float32 norms of t', from the current x."""
         base, x, _, _, norms = self._np
-        _weights_bf16(base, x, np.float32(self.alpha), self._low_bits, norms)
+        self._weights_kernel(base, x, np.float32(self.alpha), self._low_bits, norms)
         return self.low, self.norms
 
     def step(self, product: torch.Tensor, coef: torch.Tensor) -> None:
@@ -99,7 +104,7 @@ class FusedBf16Adam:
         self.steps += 1
         beta1, beta2 = self.betas
         base, x, m, v, _ = self._np
-        _adam_step(_bits(product.contiguous()), coef.float().contiguous().numpy(), base, x, np.float32(self.alpha),
+        self._adam_kernel(_bits(product.contiguous()), coef.float().contiguous().numpy(), base, x, np.float32(self.alpha),
                    m, v, np.float32(self.lr / (1 - beta1 ** self.steps)), np.float32(beta1), np.float32(beta2),
                    np.float32(self.eps), np.float32(self.weight_decay),
                    np.float32(1 / math.sqrt(1 - beta2 ** self.steps)))
