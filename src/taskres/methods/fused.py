@@ -83,6 +83,8 @@ class FusedBf16Adam:
             raise RuntimeError("the fused kernels need numba (pip install taskres[fast])")
         numba, self._weights_kernel, self._adam_kernel = _kernels()
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        if base.dtype != torch.float32 or residual.dtype != torch.float32 or not residual.is_contiguous():
+            raise ValueError("the fused kernels take contiguous float32 CPU tensors")
         self.base, self.residual = base.contiguous(), residual  # residual: updated in place
         self.alpha, self.lr, self.weight_decay, self.betas, self.eps = alpha, lr, weight_decay, betas, eps
         self.exp_avg = torch.zeros_like(residual)
@@ -104,7 +106,7 @@ class FusedBf16Adam:
         self.steps += 1
         beta1, beta2 = self.betas
         base, x, m, v, _ = self._np
-        self._adam_kernel(_bits(product.contiguous()), coef.float().contiguous().numpy(), base, x, np.float32(self.alpha),
-                   m, v, np.float32(self.lr / (1 - beta1 ** self.steps)), np.float32(beta1), np.float32(beta2),
-                   np.float32(self.eps), np.float32(self.weight_decay),
-                   np.float32(1 / math.sqrt(1 - beta2 ** self.steps)))
+        self._adam_kernel(_bits(product.contiguous()), coef.float().contiguous().numpy(), base, x,
+                          np.float32(self.alpha), m, v, np.float32(self.lr / (1 - beta1 ** self.steps)),
+                          np.float32(beta1), np.float32(beta2), np.float32(self.eps), np.float32(self.weight_decay),
+                          np.float32(1 / math.sqrt(1 - beta2 ** self.steps)))
