@@ -60,6 +60,44 @@ def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.T
 PRODUCTS = ("fp32", "bf16")
 
 
+def check_products(products: str) -> None:
+    if products not in PRODUCTS:
+        raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {products!r}")
+
+
+class SoftmaxTerms:
+    """The [B, C] part of a TaskRes step, shared by :class:`ResidualGradient` and :class:`FusedStep`.
+
+    From d = f t'^T and |t'|: the loss, g scaled per class by alpha s / (n_c B), and the correction's
+    per-class coefficient coef_c = alpha s / n_c^3 * sum_b g_bc d_bc / B, so that dL/dx = g^T f - coef t'.
+    """
+
+    def __init__(self, alpha: float, scale: float):
+        self.alpha, self.scale = alpha, scale
+        self._row_cache = {}
+
+    def _rows(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (batch, device, dtype)
+        if key not in self._row_cache:
+            self._row_cache[key] = (torch.arange(batch, device=device),
+                                    torch.full((batch,), -1.0, dtype=dtype, device=device))
+        return self._row_cache[key]
+
+    def __call__(self, dots: torch.Tensor, norms: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = len(labels)
+        col = self.scale / norms  # s / n_c
+        z = dots * col
+        g = torch.softmax(z, dim=1)
+        rows, minus_one = self._rows(batch, labels.device, g.dtype)
+        # log-sum-exp from the row maxima: lse = max z - log(max p), exact, and p's maximum cannot underflow
+        loss = (z.amax(dim=1) - g.amax(dim=1).log_() - z[rows, labels]).mean()
+        g.index_put_((rows, labels), minus_one, accumulate=True)  # softmax - onehot
+        k = col * (self.alpha / batch)
+        coef = torch.linalg.vecdot(g, dots, dim=0).mul_(k).div_(norms.square())
+        return loss, g.mul_(k), coef
+
+
 class ResidualGradient:
     """A batch's cross-entropy and its exact gradient w.r.t. the residual x, without autograd.
 
@@ -80,42 +118,15 @@ class ResidualGradient:
     next call overwrites (an optimiser step consumes it first).
     """
 
-    def __init__(self, base: torch.Tensor, alpha: float, scale: float, products: str = "fp32",
-                 buffers: bool = True):
-        if products not in PRODUCTS:
-            raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {products!r}")
-        self.base, self.alpha, self.scale, self.products = base, alpha, scale, products
+    def __init__(self, base: torch.Tensor, alpha: float, scale: float, products: str = "fp32"):
+        check_products(products)
+        self.base, self.alpha, self.products = base, alpha, products
         self.feature_dtype = torch.bfloat16 if products == "bf16" else base.dtype
-        self._row_cache = {}
-        if not buffers:
-            return
+        self.terms = SoftmaxTerms(alpha, scale)
         self.weights = torch.empty_like(base)  # t'
         self.norms = torch.empty(base.shape[0], dtype=base.dtype, device=base.device)
         self.grad = torch.empty_like(base)
         self._low = torch.empty_like(base, dtype=torch.bfloat16) if products == "bf16" else None
-
-    def _rows(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (batch, device, dtype)
-        if key not in self._row_cache:
-            self._row_cache[key] = (torch.arange(batch, device=device),
-                                    torch.full((batch,), -1.0, dtype=dtype, device=device))
-        return self._row_cache[key]
-
-    def softmax_terms(self, dots: torch.Tensor, norms: torch.Tensor,
-                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """From d = f t'^T and |t'|: the loss, g scaled per class by alpha s / (n_c B), and the correction's
-        per-class coefficient coef_c = alpha s / n_c^3 * sum_b g_bc d_bc / B (so dL/dx = g^T f - coef t')."""
-        batch = len(labels)
-        col = self.scale / norms  # s / n_c
-        z = dots * col
-        g = torch.softmax(z, dim=1)
-        rows, minus_one = self._rows(batch, labels.device, g.dtype)
-        # log-sum-exp from the row maxima: lse = max z - log(max p), exact, and p's maximum cannot underflow
-        loss = (z.amax(dim=1) - g.amax(dim=1).log_() - z[rows, labels]).mean()
-        g.index_put_((rows, labels), minus_one, accumulate=True)  # softmax - onehot
-        k = col * (self.alpha / batch)
-        coef = torch.linalg.vecdot(g, dots, dim=0).mul_(k).div_(norms.square())
-        return loss, g.mul_(k), coef
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor,
                  residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +138,7 @@ class ResidualGradient:
         else:
             self._low.copy_(weights)
             dots = torch.mm(feats, self._low.t()).to(weights.dtype)
-        loss, g, coef = self.softmax_terms(dots, norms, labels)
+        loss, g, coef = self.terms(dots, norms, labels)
         if self._low is None:
             torch.mm(g.t(), feats, out=grad)
         else:
@@ -151,13 +162,13 @@ class FusedStep:
                  weight_decay: float):
         from .fused import FusedBf16Adam
 
-        self.terms = ResidualGradient(base, alpha, scale, "bf16", buffers=False)
+        self.terms = SoftmaxTerms(alpha, scale)
         self.adam = FusedBf16Adam(base, residual, alpha, lr, weight_decay)
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor, lr: float) -> torch.Tensor:
         low, norms = self.adam.weights()
         dots = torch.mm(feats, low.t()).float()
-        loss, g, coef = self.terms.softmax_terms(dots, norms, labels)
+        loss, g, coef = self.terms(dots, norms, labels)
         self.adam.lr = lr
         self.adam.step(torch.mm(g.t().to(torch.bfloat16), feats), coef)
         return loss
@@ -210,8 +221,7 @@ class TaskRes(Method):
 
     def fit(self, ctx: FitContext, base: torch.Tensor | None = None, on_step=None) -> CosineClassifier:
         params = self.resolved_params(ctx)
-        if params.products not in PRODUCTS:
-            raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {params.products!r}")
+        check_products(params.products)
         device = (getattr(ctx.backbone, "device", None) or torch.device("cpu")) if params.device == "auto" \
             else resolve_device(params.device)
         base = (ctx.text_classifier if base is None else base).float().to(device)
