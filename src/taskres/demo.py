@@ -116,9 +116,10 @@ def cmd_demo(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="offline demo: every method on the mini model's demo tasks, with the "
-                                           "paper-style figure", description="The paper's few-shot figure in miniature: offline, on the "
-                                           "embedded mini model and its demo tasks.")
+    p = subparsers.add_parser(
+        "demo", help="offline demo: every method on the mini model's demo tasks, with the paper-style figure",
+        description="The paper's few-shot figure in miniature: offline, on the embedded mini model and its demo "
+                    "tasks.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--seeds", nargs="+", default=["1"], help="seeds (default: 1; the paper uses 1 2 3)")
     p.add_argument("--quick", action="store_true",
