@@ -158,7 +158,8 @@ def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception
         "shots": cell.shots,
         "seed": cell.seed,
         "key": cell.key(sweep),
-        "backbone_config": {k: getattr(cell.backbone, k) for k in ("name", "pretrained", "device", "precision")},
+        "backbone_config": {k: getattr(cell.backbone, k) for k in ("name", "pretrained", "device", "precision",
+                                                                          "quick_gelu")},
         "run_dir": str(run_dir.relative_to(results_dir)),
         "rerun_bench": bench_command(cell, sweep, results_dir / "reruns" / cell.name),
         "versions": versions(),
@@ -233,7 +234,8 @@ def sweep_from_args(args) -> tuple[SweepConfig, list[str]]:
         "num_workers": args.workers, "skip_bad_images": True if args.skip_bad_images else None,
         "allow_fewer_shots": True if args.allow_fewer_shots else None,
     }
-    backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision}
+    backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision,
+                      "quick_gelu": args.quick_gelu}
     if args.backbone:
         flags["backbones"] = [{"name": name, **{k: v for k, v in backbone_flags.items() if v is not None}}
                               for name in _list_arg(args.backbone)]
@@ -264,6 +266,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", default=None, help="weights for the backbones (tag, file or 'none')")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]")
     g.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="the checkpoint file's weights were trained with QuickGELU (--no-quick-gelu: nn.GELU)")
     g.add_argument("--data-root", default=None, help="the folder holding the CoOp dataset layout")
     g.add_argument("--regime", default=None, choices=["cached", "online"], help="training regime (default: cached)")
     g.add_argument("--views", type=int, default=None, help="augmented views cached per training image (default 10)")

@@ -157,12 +157,15 @@ def load_classifier(path: str | Path) -> Classifier:
 
 
 def check_backbone(clf: Classifier, identity: dict, source: str = "classifier") -> None:
-    want = {k: clf.meta.backbone.get(k) for k in ("model", "fingerprint")}
-    have = {k: identity.get(k) for k in ("model", "fingerprint")}
+    # the activation is part of the backbone: the same weights through nn.GELU give other features
+    want = {k: clf.meta.backbone.get(k) for k in ("model", "fingerprint", "activation")}
+    have = {k: identity.get(k) for k in ("model", "fingerprint", "activation")}
     if want != have:
         raise ClassifierError(
-            f"{source} was trained on backbone {want['model']} (weights {want['fingerprint']}), but the features "
-            f"come from {have['model']} (weights {have['fingerprint']}); pass the same --backbone/--pretrained")
+            f"{source} was trained on backbone {want['model']} (weights {want['fingerprint']}, activation "
+            f"{want['activation'] or 'not recorded'}), but the features come from {have['model']} (weights "
+            f"{have['fingerprint']}, activation {have['activation']}); pass the same --backbone/--pretrained"
+            f"{'' if want['activation'] else ', or refit: classifiers saved before the activation was recorded'}")
 
 
 def class_rows(clf: Classifier, classnames: list[str], class_ids: list[str] | None) -> torch.Tensor | None:

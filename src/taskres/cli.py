@@ -34,13 +34,16 @@ def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None
                         "weights (default: openai, or the packaged weights of taskres-mini)")
     g.add_argument("--device", default="cpu" if defaults else None, help="cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32" if defaults else None, choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="the weights were trained with QuickGELU (--no-quick-gelu: nn.GELU); only for a checkpoint "
+                        "file that cannot say (tags, OpenAI's .pt archives and -quickgelu names are known)")
 
 
 def backbone_config(args) -> BackboneConfig | None:
     if args.backbone is None:
         return None
     return BackboneConfig(args.backbone, args.pretrained or "default", args.device or "cpu",
-                          args.precision or "fp32")
+                          args.precision or "fp32", getattr(args, "quick_gelu", None))
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

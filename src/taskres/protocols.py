@@ -51,9 +51,13 @@ class BackboneSpec:
     device: str = "cpu"
     precision: str = "fp32"
     label: str | None = None
+    quick_gelu: bool | None = None  # for a checkpoint file that cannot say (see backbone.weights_activation)
 
     def config(self) -> BackboneConfig:
-        return BackboneConfig(self.name, self.pretrained, self.device, self.precision)
+        return BackboneConfig(self.name, self.pretrained, self.device, self.precision, self.quick_gelu)
+
+    def activation_flags(self) -> list[str]:
+        return [] if self.quick_gelu is None else ["--quick-gelu" if self.quick_gelu else "--no-quick-gelu"]
 
     @property
     def display(self) -> str:
@@ -67,7 +71,10 @@ class BackboneSpec:
         if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
             pretrained = Path(pretrained).name
         name = Path(self.name).name if self.name.endswith(".json") else self.name
-        return {"model": name, "pretrained": pretrained, "precision": self.precision}
+        key = {"model": name, "pretrained": pretrained, "precision": self.precision}
+        if self.quick_gelu is not None:  # only when given: the keys of existing sweeps stay as they were
+            key["quick_gelu"] = self.quick_gelu
+        return key
 
 
 @dataclass
@@ -403,7 +410,7 @@ def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> 
     if sweep.data_root:
         cmd += ["--data-root", sweep.data_root]
     cmd += ["--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-            "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
+            *b.activation_flags(), "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
             "--views", str(sweep.views)]
     for k, v in sweep.method_params.get(cell.method, {}).items():
         cmd += ["--set", f"{k}={v}"]
@@ -437,7 +444,7 @@ def bench_command(cell: Cell, sweep: SweepConfig, results_dir: Path) -> str:
     cmd = ["taskres", "bench", str(results_dir), "--protocol", cell.protocol, "--datasets", cell.dataset,
            "--methods", cell.method, "--shots", str(cell.shots), "--seeds", str(cell.seed),
            "--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-           "--regime", sweep.regime, "--views", str(sweep.views)]
+           *b.activation_flags(), "--regime", sweep.regime, "--views", str(sweep.views)]
     if sweep.data_root:
         cmd += ["--data-root", sweep.data_root]
     if cell.protocol == "domain":

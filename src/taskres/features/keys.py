@@ -58,7 +58,7 @@ def image_list_digest(paths: list[str]) -> str:
 def entry_key(backbone, paths: list[str], view: View, store: str = "fp32") -> str:
     material = {
         "version": CACHE_VERSION,
-        "backbone": {k: backbone.identity[k] for k in ("model", "fingerprint", "precision")},
+        "backbone": {k: backbone.identity[k] for k in ("model", "fingerprint", "precision", "activation")},
         "view": view.describe(backbone),
         "images": image_list_digest(paths),
         "n": len(paths),

@@ -20,7 +20,7 @@ from .base import FitContext, Method
 from .fused import available as fused_available
 from .training import Schedule, resolve_device, train_loop
 
-RN50_NAMES = ("RN50",)
+RN50_NAMES = ("RN50", "RN50-quickgelu")  # one architecture: the -quickgelu name only sets the activation
 
 
 @dataclass
