@@ -323,8 +323,7 @@ def build_model(plan: WeightsPlan, device: str = "cpu"):
             torch.manual_seed(0)  # random weights (--pretrained none) are the same in every run
             model, _, preprocess = open_clip.create_model_and_transforms(plan.name, **kwargs)
     except RuntimeError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BackboneError(f"could not load {plan.name} with --pretrained {plan.pretrained}: {msg}") from None
+        raise BackboneError(f"could not load {plan.name} with --pretrained {plan.pretrained}: {_one_line(exc)}") from None
     finally:
         root_logger.setLevel(level)
     if plan.quick_gelu and "quick_gelu" not in model_activation(model):
@@ -363,12 +362,19 @@ def _load_openai_state(model: torch.nn.Module, state_dict: dict, plan: WeightsPl
     try:
         model.load_state_dict(weights, strict=True)  # copies fp16 storage into the fp32 parameters exactly
     except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
         res = int(state_dict["input_resolution"])
         raise BackboneError(
             f"--pretrained {plan.pretrained}: OpenAI's archive (input resolution {res}) does not fit --backbone "
-            f"{plan.name}: {detail}") from None
+            f"{plan.name}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: Exception, limit: int = 240) -> str:
+    """The informative line of an error: load_state_dict's first line only says "Error(s) in loading"."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _weights_cached(name: str, pretrained: str | None) -> bool:
