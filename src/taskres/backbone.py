@@ -318,8 +318,13 @@ def build_model(plan: WeightsPlan, device: str = "cpu"):
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(max(level, logging.ERROR + 1))
+    # Random initialisation is wasted work (seconds for a ViT-L) where a checkpoint then overwrites every
+    # parameter and buffer: open_clip loads full checkpoints with strict=True, as _load_openai_state does.
+    # Not for hf-hub (open_clip goes on without weights when their download fails) nor .npz (a partial loader).
+    full_checkpoint = plan.kind in ("tag", "file", "packaged", "openai_archive") and not str(
+        plan.pretrained).endswith(".npz")
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), (_no_random_init() if full_checkpoint else contextlib.nullcontext()):
             torch.manual_seed(0)  # random weights (--pretrained none) are the same in every run
             model, _, preprocess = open_clip.create_model_and_transforms(plan.name, **kwargs)
     except RuntimeError as exc:
@@ -329,6 +334,23 @@ def build_model(plan: WeightsPlan, device: str = "cpu"):
     if plan.quick_gelu and "quick_gelu" not in model_activation(model):
         raise BackboneError(f"open_clip built {plan.name} without QuickGELU, which its weights were trained with")
     return model, preprocess
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def _no_random_init():
+    """torch.nn.init's fills become no-ops while a model whose every weight will be loaded is built."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def model_activation(model: torch.nn.Module) -> str:
