@@ -189,7 +189,8 @@ class WeightsPlan:
 OPENAI_SOURCE = "OpenAI's checkpoint archive (OpenAI's CLIP models use QuickGELU)"
 
 
-def weights_activation(name: str, pretrained: str | None, kind: str, option: bool | None) -> tuple[bool | None, str | None]:
+def weights_activation(name: str, pretrained: str | None, kind: str,
+                       option: bool | None) -> tuple[bool | None, str | None]:
     """The activation to build ``name`` with for these weights, and a note when nothing confirms it.
 
     What is known about the weights decides: a tag's entry in open_clip's pretrained table, OpenAI's own
@@ -324,7 +325,8 @@ def build_model(plan: WeightsPlan, device: str = "cpu"):
     full_checkpoint = plan.kind in ("tag", "file", "packaged", "openai_archive") and not str(
         plan.pretrained).endswith(".npz")
     try:
-        with torch.random.fork_rng(devices=[]), (_no_random_init() if full_checkpoint else contextlib.nullcontext()):
+        skip_init = _no_random_init() if full_checkpoint else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), skip_init:
             torch.manual_seed(0)  # random weights (--pretrained none) are the same in every run
             model, _, preprocess = open_clip.create_model_and_transforms(plan.name, **kwargs)
     except RuntimeError as exc:
