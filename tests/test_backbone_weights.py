@@ -28,7 +28,7 @@ from taskres.cli import backbone_config, build_parser
 from taskres.features import View, entry_key
 from taskres.methods.taskres import reference_defaults
 from taskres.openai_archive import ArchiveError, read_state_dict
-from taskres.protocols import preset
+from taskres.protocols import BackboneSpec, preset
 
 from conftest import TINY_MODEL
 
@@ -200,6 +200,11 @@ def test_cli_flags_and_taskres_rn50_rules():
     for flags, want in (([], None), (["--quick-gelu"], True), (["--no-quick-gelu"], False)):
         args = parser.parse_args(["fit", "--dataset", "x", "--backbone", "RN50", "--pretrained", "w.pt", *flags])
         assert backbone_config(args).quick_gelu is want
+    # a sweep's backbone carries the option to its cells and to the command that repeats a cell
+    spec = BackboneSpec("RN50", "/w/rn50.safetensors", quick_gelu=True)
+    assert spec.config().quick_gelu is True and spec.activation_flags() == ["--quick-gelu"]
+    assert spec.key() != BackboneSpec("RN50", "/w/rn50.safetensors").key()
+    assert BackboneSpec("RN50", "openai").key() == {"model": "RN50", "pretrained": "openai", "precision": "fp32"}
     # TaskRes's RN50 settings (lr 2e-3, 100/200 epochs) follow the architecture, not the activation's name
     for shots in (1, 16):
         assert reference_defaults("dtd", "RN50-quickgelu", shots, 0.5, None) == \
