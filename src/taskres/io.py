@@ -47,8 +47,8 @@ def atomic_path(path: Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        _follow_umask(tmp)
         yield Path(tmp)
+        _follow_umask(tmp)  # after the writer: some (safetensors) replace the file with one of their own
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
