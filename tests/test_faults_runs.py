@@ -17,7 +17,7 @@ from conftest import TINY_MODEL, make_class_folder
 from PIL import Image
 
 from taskres.cli import main
-from taskres.io import OLD_TAG, recover_folder
+from taskres.io import OLD_TAG, _owner, recover_folder
 from taskres.transforms import MAX_PIXELS_ENV, load_image
 
 TINY = ["--backbone", TINY_MODEL, "--pretrained", "none"]
@@ -214,11 +214,14 @@ def test_kill_9_during_a_fit_leaves_the_old_run_and_no_run_half_written(colours,
 
 def test_a_swap_interrupted_between_its_renames_is_undone(tmp_path):
     run = tmp_path / "run"
-    aside = tmp_path / f".run{OLD_TAG}4194999-beef"  # a pid above Linux's pid_max: a dead writer
+    # a pid above Linux's pid_max on this host: a dead writer
+    aside = tmp_path / f".run{OLD_TAG}4194999@{_owner().split('@')[1]}-beef"
     aside.mkdir()
     (aside / "metrics.json").write_text("{}")
+    elsewhere = tmp_path / f".run{OLD_TAG}4194999@another-host-beef"  # another host's: not ours to touch
+    elsewhere.mkdir()
     recover_folder(run)
-    assert (run / "metrics.json").read_text() == "{}" and not aside.exists()
+    assert (run / "metrics.json").read_text() == "{}" and not aside.exists() and elsewhere.is_dir()
 
 
 def test_a_failed_bench_cell_keeps_its_previous_run_folder(colours, tmp_path, capsys, monkeypatch):
@@ -294,10 +297,10 @@ def test_a_huge_image_is_one_line_with_the_limit_and_no_warning(tmp_path, capsys
 
 # -- parameters, file system, umask, names ------------------------------------------------------------------
 @pytest.mark.parametrize("extra, expected", [
-    (["--set", "epochs=-5"], "--set epochs=-5: must be at least 0"),
-    (["--set", "lr=0"], "--set lr=0.0: must be positive"),
+    (["--set", "epochs=-5"], "--set epochs must be at least 0, not -5"),
+    (["--set", "lr=0"], "--set lr must be positive, not 0.0"),
     (["--set", "lr=nan"], "must be a finite number"),
-    (["--set", "batch_size=0"], "--set batch_size=0: must be at least 1"),
+    (["--set", "batch_size=0"], "--set batch_size must be at least 1, not 0"),
     (["--set", "gradient=guess"], "--set gradient must be one of"),
     (["--shots", "0"], "--shots must be a whole number, at least 1"),
     (["--views", "0"], "--views must be a whole number, at least 1"),
@@ -313,7 +316,7 @@ def test_bad_parameters_are_one_line_before_any_work(colours, tmp_path, capsys, 
 def test_bench_refuses_bad_parameters_before_any_cell(colours, tmp_path, capsys):
     err = one_line_error(["bench", str(tmp_path / "r"), "--datasets", str(colours), "--methods", "taskres",
                           "--shots", "1", *TINY, "--set", "taskres.epochs=-5"], capsys)
-    assert "epochs=-5: must be at least 0" in err and not (tmp_path / "r").exists()
+    assert "--set epochs must be at least 0, not -5" in err and not (tmp_path / "r").exists()
 
 
 def test_file_system_errors_are_one_line_naming_the_path(colours, tmp_path, capsys, monkeypatch):

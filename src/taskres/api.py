@@ -209,7 +209,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     is then only recorded.
     """
     check_fit_config(cfg)
-    get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
+    method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
     run_dir = Path(cfg.out) if cfg.out else None
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))
@@ -218,13 +218,12 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     else:
         folder = nullcontext(None)
     with folder as work_dir:
-        classifier, metrics = _fit(cfg, backbone, task, cache, work_dir)
+        classifier, metrics = _fit(cfg, method, backbone, task, cache, work_dir)
     return FitResult(classifier, metrics, run_dir)
 
 
-def _fit(cfg: FitConfig, backbone, task, cache, work_dir: Path | None) -> tuple[Classifier, dict]:
+def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -> tuple[Classifier, dict]:
     started = time.time()
-    method = get_method(cfg.method, cfg.method_params)
     task = task or load_dataset(cfg.dataset, cfg.data_root)
     for name in cfg.eval_splits:
         task.split(name)  # unknown split names fail before any work

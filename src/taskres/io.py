@@ -13,12 +13,13 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-TMP_TAG = ".tmp-"  # temporary folders beside a run: ``.<name>.tmp-<pid>-<random>``
-OLD_TAG = ".old-"  # a replaced run moved aside for the moment of the swap: ``.<name>.old-<pid>-<random>``
+TMP_TAG = ".tmp-"  # temporary folders beside a run: ``.<name>.tmp-<pid>@<host>-<random>``
+OLD_TAG = ".old-"  # a replaced run moved aside for the moment of the swap: ``.<name>.old-<pid>@<host>-<random>``
 
 
 def current_umask() -> int:
@@ -79,11 +80,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _owner_pid(name: str, tag: str) -> int | None:
+def _owner() -> str:
+    """``<pid>@<host>``: who writes a temporary folder (a shared file system may hold other hosts' ones)."""
+    host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+    return f"{os.getpid()}@{host}"
+
+
+def _dead_local_writer(name: str, tag: str) -> bool:
+    """True when ``name`` was made by a process of this host that no longer runs."""
     try:
-        return int(name.split(tag, 1)[1].split("-", 1)[0])
+        pid, rest = name.split(tag, 1)[1].split("@", 1)
+        host = rest.rsplit("-", 1)[0]
+        return host == _owner().split("@", 1)[1] and not _pid_alive(int(pid))
     except (IndexError, ValueError):
-        return None
+        return False
 
 
 def recover_folder(path: Path) -> None:
@@ -99,8 +109,7 @@ def recover_folder(path: Path) -> None:
         return
     for prefix, tag in ((f".{path.name}{OLD_TAG}", OLD_TAG), (f".{path.name}{TMP_TAG}", TMP_TAG)):
         for item in sorted(parent.glob(glob.escape(prefix) + "*")):
-            pid = _owner_pid(item.name, tag)
-            if pid is None or _pid_alive(pid):
+            if not _dead_local_writer(item.name, tag):
                 continue
             if tag == OLD_TAG and not path.exists():
                 os.replace(item, path)
@@ -134,11 +143,11 @@ def atomic_folder(path: Path, *, overwrite: bool = False, option: str = "--out",
     which :func:`recover_folder` undoes on the next write) missing. On failure the
     temporary folder is removed and ``path`` is exactly as it was.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     recover_folder(path)
     check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_TAG}{os.getpid()}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_TAG}{_owner()}-", dir=path.parent))
     try:
         _follow_umask(tmp, folder=True)
         yield tmp
@@ -146,7 +155,7 @@ def atomic_folder(path: Path, *, overwrite: bool = False, option: str = "--out",
         if path.exists() and _exchange(tmp, path):
             pass  # one atomic swap: tmp now holds the old run, removed below
         elif path.exists():
-            old = path.with_name(f".{path.name}{OLD_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+            old = path.with_name(f".{path.name}{OLD_TAG}{_owner()}-{secrets.token_hex(4)}")
             os.replace(path, old)
             os.rename(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -274,6 +274,10 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
     if sweep.views < 1:
         raise ValueError(f"--views must be at least 1, not {sweep.views}")
+    if sweep.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
+    if sweep.num_workers is not None and sweep.num_workers < 0:
+        raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
     if sweep.protocol == "domain" and not sweep.targets:
         raise ValueError("--targets: the domain protocol needs at least one target dataset")
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells

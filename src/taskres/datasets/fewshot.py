@@ -170,7 +170,8 @@ def check_split(split: FewShotSplit, task: TaskData, data: dict, source: str, *,
             if path in seen:
                 raise fault(f"{part} image {s.path} is listed twice (also in {seen[path]})")
             seen[path] = part
-    for part, samples, cap in (("train", split.train, split.shots), ("val", split.val, min(split.shots, VAL_SHOTS_CAP))):
+    val_cap = min(split.shots, VAL_SHOTS_CAP)
+    for part, samples, cap in (("train", split.train, split.shots), ("val", split.val, val_cap)):
         counts = Counter(s.label for s in samples)
         for label in range(n):
             have = counts.get(label, 0)

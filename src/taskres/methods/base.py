@@ -157,12 +157,12 @@ def validate_params(params: Any) -> None:
         rule = LIST_RULES.get(f.name) if isinstance(value, (list, tuple)) else PARAM_RULES.get(f.name)
         for v in values:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ValueError(f"--set {f.name}={_show(value)}: expected numbers, got {v!r}")
+                raise ValueError(f"--set {f.name} takes numbers, not {_show(value)}")
             if not math.isfinite(v):
-                raise ValueError(f"--set {f.name}={_show(value)}: must be a finite number")
+                raise ValueError(f"--set {f.name} must be a finite number, not {_show(value)}")
             if rule is not None and not rule[1](v):
-                raise ValueError(f"--set {f.name}={_show(value)}: must be {rule[0]}"
-                                 + (" (each value)" if len(values) > 1 else ""))
+                each = " (each value)" if isinstance(value, (list, tuple)) else ""
+                raise ValueError(f"--set {f.name} must be {rule[0]}{each}, not {_show(value)}")
     if getattr(params, "epochs", None) == 0:
         log.warning("--set epochs=0: no training step is taken; the classifier is the method's starting point")
     own = getattr(params, "validate", None)
