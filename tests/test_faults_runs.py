@@ -374,3 +374,26 @@ def test_a_sweep_label_cannot_leave_the_results_folder(colours, tmp_path, capsys
     assert record.name.startswith("x__colours__zeroshot")
     assert main(["report", str(results)]) == 0
     assert [p for p in box.rglob("*") if results not in p.parents and p != results and p not in results.parents] == []
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_the_swap_with_and_without_an_atomic_exchange(tmp_path, monkeypatch, exchange):
+    import taskres.io
+    from taskres.io import RunExistsError, atomic_folder
+
+    if not exchange:  # file systems without renameat2: aside, in, remove
+        monkeypatch.setattr(taskres.io, "_exchange", lambda a, b: False)
+    run = tmp_path / "run"
+    with atomic_folder(run) as stage:
+        (stage / "metrics.json").write_text("old")
+    with pytest.raises(RunExistsError):
+        with atomic_folder(run):
+            pass
+    with pytest.raises(KeyError):
+        with atomic_folder(run, overwrite=True) as stage:
+            (stage / "metrics.json").write_text("half")
+            raise KeyError("killed half way")
+    assert (run / "metrics.json").read_text() == "old"
+    with atomic_folder(run, overwrite=True) as stage:
+        (stage / "metrics.json").write_text("new")
+    assert (run / "metrics.json").read_text() == "new" and leftovers(tmp_path, "run") == []
