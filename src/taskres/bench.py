@@ -23,7 +23,7 @@ from typing import Callable
 from .api import make_cache, versions
 from .backbone import load_backbone
 from .datasets import TaskData, load_dataset
-from .io import read_json, write_json_atomic
+from .io import atomic_folder, read_json, write_json_atomic
 from .protocols import (PAPER_METHODS, PROTOCOL_RUNNERS, PROTOCOLS, Cell, CellEnv, SweepConfig, bench_command,
                         dataset_label, expand, preset, read_sweep_file, resolve_sweep)
 
@@ -31,12 +31,19 @@ log = logging.getLogger("taskres")
 RECORD_FORMAT = 1
 
 
+def _component(name: str) -> str:
+    """A cell's name as one path component inside the results folder (its parts are sanitised; this guards)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"cell name {name!r} is not a plain file name; it would leave the results folder")
+    return name
+
+
 def record_path(results_dir: Path, cell: Cell) -> Path:
-    return Path(results_dir) / "records" / f"{cell.name}.json"
+    return Path(results_dir) / "records" / f"{_component(cell.name)}.json"
 
 
 def run_path(results_dir: Path, cell: Cell) -> Path:
-    return Path(results_dir) / "runs" / cell.name
+    return Path(results_dir) / "runs" / _component(cell.name)
 
 
 def cell_status(results_dir: Path, cell: Cell, sweep: SweepConfig) -> str:
@@ -168,25 +175,31 @@ def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception
     try:
         if load_error is not None:
             raise load_error
-        outcome = PROTOCOL_RUNNERS[cell.protocol](cell, env, run_dir)
+        # The cell's run folder is assembled beside runs/<name> and renamed into place when complete (a
+        # killed or failed cell leaves the previous one as it was); the bench owns runs/, so it may replace.
+        with atomic_folder(run_dir, overwrite=True, option="bench run folder", is_run=lambda p: True) as stage:
+            outcome = PROTOCOL_RUNNERS[cell.protocol](cell, env, run_dir, stage)
+            record = _ok_record(base, outcome, run_dir, results_dir, started)
+            write_json_atomic(stage / "record.json", record)
     except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the sweep
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         record = {**base, "status": "error", "error": {
             "type": type(exc).__name__, "message": message,
             "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:]},
             "seconds": round(time.time() - started, 3), "finished": _now()}
-    else:
-        record = {
-            **base, "status": "ok", "scores": outcome.scores, "details": outcome.details,
-            "backbone_identity": outcome.fit_metrics.get("backbone"),
-            "hparams": outcome.fit_metrics.get("hparams"),
-            "splits": str((run_dir / "splits.json").relative_to(results_dir)),
-            "config": outcome.config, "metrics": outcome.fit_metrics, "rerun": outcome.rerun,
-            "seconds": round(time.time() - started, 3), "finished": _now()}
-        write_json_atomic(run_dir / "record.json", record)
     # The record goes last: its presence is what marks the cell finished.
     write_json_atomic(record_path(results_dir, cell), record)
     return record
+
+
+def _ok_record(base: dict, outcome, run_dir: Path, results_dir: Path, started: float) -> dict:
+    return {
+        **base, "status": "ok", "scores": outcome.scores, "details": outcome.details,
+        "backbone_identity": outcome.fit_metrics.get("backbone"),
+        "hparams": outcome.fit_metrics.get("hparams"),
+        "splits": str((run_dir / "splits.json").relative_to(results_dir)),
+        "config": outcome.config, "metrics": outcome.fit_metrics, "rerun": outcome.rerun,
+        "seconds": round(time.time() - started, 3), "finished": _now()}
 
 
 def _now() -> str:

@@ -153,6 +153,11 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     """Encode the planned entries into the cache; under torchrun each rank takes its share of the shards."""
     if cfg.cache_dir == "":
         raise ValueError("--cache-dir '' keeps no cache: extract needs a cache folder")
+    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
+                               ("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
+                               ("--workers", cfg.num_workers, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{option} must be at least {low}, not {value}")
     group = _Group.from_env()
     bcfg = replace(cfg.backbone, device=rank_device(cfg.backbone.device, group))
     if bcfg.device.startswith("cuda") and torch.cuda.is_available():

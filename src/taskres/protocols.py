@@ -61,7 +61,9 @@ class BackboneSpec:
 
     @property
     def display(self) -> str:
-        return self.label or safe_name(Path(self.name).stem if self.name.endswith(".json") else self.name)
+        # sanitised like every name that becomes part of a path: a label "../../x" must not leave the results
+        return safe_name(self.label) if self.label else safe_name(Path(self.name).stem if self.name.endswith(".json")
+                                                                  else self.name)
 
     def key(self) -> dict:
         """What decides the features: two specs with the same key give the same weights."""
@@ -114,8 +116,12 @@ class SweepConfig:
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe form of a label (record names encode backbone, dataset and method)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
+    """A file-name-safe form of a label (record names encode backbone, dataset and method).
+
+    Only letters, digits and ``._+-`` survive, and never a leading dot, so the result is one plain path
+    component: no separator, no ``..``, no hidden file.
+    """
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).lstrip(".-").rstrip("-") or "x"
 
 
 def dataset_label(spec: str) -> str:
@@ -275,6 +281,10 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
     if sweep.views < 1:
         raise ValueError(f"--views must be at least 1, not {sweep.views}")
+    if sweep.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
+    if sweep.num_workers is not None and sweep.num_workers < 0:
+        raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
     if sweep.protocol == "domain" and not sweep.targets:
         raise ValueError("--targets: the domain protocol needs at least one target dataset")
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
@@ -491,21 +501,23 @@ def _nan_to_none(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def run_fewshot(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+# A runner writes the cell's run folder into ``stage`` (the bench renames it to ``run_dir`` once the cell is
+# complete); ``run_dir`` is where it will be, for the rerun commands and the saved config.
+def run_fewshot(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOutcome:
     from .api import fit
 
     cfg = fit_config(cell, env.sweep, run_dir, env.progress)
-    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache)
+    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache, stage_dir=stage)
     rerun = [fit_command(cell, env.sweep, run_dir / "splits.json", run_dir.with_name(run_dir.name + "-rerun"))]
     return CellOutcome({"top1": _nan_to_none(result.metrics["top1"]["test"])}, result.metrics, cfg.to_dict(), rerun)
 
 
-def run_domain(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+def run_domain(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOutcome:
     from .api import evaluate, fit
 
     sweep = env.sweep
     cfg = fit_config(cell, sweep, run_dir, env.progress)
-    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache)
+    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache, stage_dir=stage)
     source = dataset_label(cell.dataset)
     scores = {source: _nan_to_none(result.metrics["top1"]["test"])}
     details = {"source": source, "targets": list(sweep.targets), "num_images": {source: result.metrics[
@@ -526,7 +538,7 @@ def run_domain(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
     return CellOutcome(scores, result.metrics, cfg.to_dict(), rerun, details)
 
 
-def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+def run_base2new(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOutcome:
     from .api import build_context, encode_split, fit
     from .classifier import save_classifier
 
@@ -535,7 +547,7 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
     base_labels, new_labels = base_new_labels(task.num_classes)
     base_task, new_task = subset_classes(task, base_labels), subset_classes(task, new_labels)
     cfg = fit_config(cell, sweep, run_dir, env.progress)
-    result = fit(cfg, backbone=env.backbone, task=base_task, cache=env.cache)
+    result = fit(cfg, backbone=env.backbone, task=base_task, cache=env.cache, stage_dir=stage)
     base = result.metrics["top1"]["test"]  # base test images, base classes only
 
     method = get_method(cell.method, sweep.method_params.get(cell.method))
@@ -550,13 +562,13 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
         feats, labels = encode_split(cfg, env.backbone, env.cache, new_task.test, "encoding new-class test")
         new = top1_of(new_clf, feats, labels)  # new test images, new classes only
         details["num_images"]["new"] = len(labels)
-        save_classifier(new_clf, run_dir / "classifier_new.safetensors")
+        save_classifier(new_clf, stage / "classifier_new.safetensors")
     scores = {"base": _nan_to_none(base), "new": _nan_to_none(new), "hm": _nan_to_none(harmonic_mean(base, new))}
     # A class subset cannot be expressed as `taskres fit` options: the one-cell bench repeats it.
     return CellOutcome(scores, result.metrics, cfg.to_dict(), [], details)
 
 
-PROTOCOL_RUNNERS: dict[str, Callable[[Cell, CellEnv, Path], CellOutcome]] = {
+PROTOCOL_RUNNERS: dict[str, Callable[[Cell, CellEnv, Path, Path], CellOutcome]] = {
     "fewshot": run_fewshot,
     "domain": run_domain,
     "base2new": run_base2new,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .datasets import PAPER_DATASETS
 from .io import atomic_path, read_json, write_json_atomic
-from .protocols import PAPER_METHODS, harmonic_mean
+from .protocols import PAPER_METHODS, harmonic_mean, safe_name
 
 FIGURE_FORMATS = ("png", "svg")
 MAX_FAILED_LISTED = 20
@@ -384,7 +384,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     if figures:
         for bb in summary.datasets:
             fig, panels = plot_fewshot(summary, bb)
-            paths = save_figure(fig, panels, out_dir / f"fewshot__{bb}", formats)
+            paths = save_figure(fig, panels, out_dir / f"fewshot__{safe_name(bb)}", formats)  # a label from a record
             files += paths
             drawn[str(paths[0])] = panels
     return ReportResult(summary, files, drawn, markdown)

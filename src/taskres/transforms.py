@@ -8,6 +8,8 @@ whichever process, worker or batch computed it, and a run can be repeated exactl
 from __future__ import annotations
 
 import math
+import os
+import warnings
 import zlib
 
 import numpy as np
@@ -16,19 +18,78 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+# PIL's own default (1024 ** 3 // 4 // 3 pixels, about 9459 x 9459): above it an image is refused in one
+# line instead of PIL's DecompressionBombWarning; TASKRES_MAX_IMAGE_PIXELS (or --max-image-pixels) raises it.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "TASKRES_MAX_IMAGE_PIXELS"
+
 
 class ImageError(ValueError):
     """An image file could not be read; the message names the file."""
 
 
-def load_image(path: str) -> Image.Image:
+def max_image_pixels() -> int | None:
+    """The pixel limit for one image: $TASKRES_MAX_IMAGE_PIXELS, or PIL's default; 0 means no limit."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
+        value = int(float(text))
+    except ValueError:
+        value = -1
+    if value < 0:  # an ImageError: decoding workers report it as they report an unreadable file
+        raise ImageError(f"{MAX_PIXELS_ENV} (--max-image-pixels) must be a whole number of pixels (0: no limit), "
+                         f"not {text!r}")
+    return value or None
+
+
+def _too_big(path: str, size: tuple[int, int] | None, limit: int) -> ImageError:
+    what = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels" if size else "its size"
+    return ImageError(f"image too large: {path} ({what}, over the limit of {limit:,}; raise it with "
+                      f"--max-image-pixels N or {MAX_PIXELS_ENV}=N, 0 for none)")
+
+
+# Single-channel modes whose values are not 0..255, and the factor that maps their full range onto 0..255.
+# PIL's convert("RGB") clips them instead (a 16-bit 30000 of 65535 becomes white). "I" is what 16-bit
+# greyscale files decode to in many tools and older PIL; "F" images are taken to be in 0..1.
+_WIDE_MODES = {"I;16": 255 / 65535, "I;16L": 255 / 65535, "I;16B": 255 / 65535, "I;16N": 255 / 65535,
+               "I": 255 / 65535, "F": 255.0}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB, as the reference pipelines' ``convert("RGB")`` gives, with wide modes scaled, not clipped.
+
+    Alpha is dropped as ``convert("RGB")`` drops it (the reference behaviour); a palette image with a
+    transparent colour goes through RGBA so that PIL does not warn.
+    """
+    if img.mode in _WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64) * _WIDE_MODES[img.mode]
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path: str) -> Image.Image:
+    limit = max_image_pixels()
+    if limit is None or (Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS):
+        Image.MAX_IMAGE_PIXELS = limit  # only ever raised, when asked: our own check below is the limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if limit is not None and img.width * img.height > limit:
+                    raise _too_big(path, img.size, limit)
+                img.load()
+                return to_rgb(img)
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None
+    except Image.DecompressionBombError:
+        raise _too_big(path, None, limit or DEFAULT_MAX_IMAGE_PIXELS) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, ImageError):
+            raise
         raise ImageError(f"unreadable or corrupt image: {path} ({type(exc).__name__})") from None
 
 

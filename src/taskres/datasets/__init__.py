@@ -22,7 +22,7 @@ from .coop import (
     read_imagenet_v2,
     read_split_json_dataset,
 )
-from .fewshot import FewShotSplit, load_split, make_fewshot_split, save_split
+from .fewshot import FewShotSplit, check_split, load_split, make_fewshot_split, save_split, shots_used
 from .folder import read_class_folder
 
 DATASETS = {
@@ -82,5 +82,5 @@ def load_dataset(name: str, data_root: str | Path | None = None) -> TaskData:
 __all__ = [
     "DATASETS", "PAPER_DATASETS", "DOMAIN_SHIFT_TARGETS", "IMAGENET_TEMPLATES", "DatasetError", "FewShotSplit",
     "Sample", "TaskData", "known_datasets", "load_dataset", "load_split", "make_fewshot_split",
-    "read_class_folder", "read_split_json", "save_split",
+    "read_class_folder", "read_split_json", "save_split", "check_split", "shots_used",
 ]

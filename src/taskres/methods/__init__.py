@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..classifier import CLASSIFIERS
-from .base import FitContext, Method, TrainingError, parse_overrides
+from .base import FitContext, Method, TrainingError, parse_overrides, validate_params
 from .clip_adapter import ClipAdapter
 from .coop import CoOp
 from .gda import GDA
@@ -36,7 +36,13 @@ def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown --method {name!r}; choose from {', '.join(METHODS)}")
     cls = METHODS[name]
-    return cls(cls.Params(**parse_overrides(cls.Params, overrides)))
+    try:
+        params = cls.Params(**parse_overrides(cls.Params, overrides))
+    except TypeError as exc:  # a dict of overrides from the Python API with a key the Params do not take
+        raise ValueError(f"--method {name}: {exc}") from None
+    validate_params(params)
+    return cls(params)
 
 
-__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "get_method", "parse_overrides"]
+__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "get_method", "parse_overrides",
+           "validate_params"]

@@ -37,6 +37,11 @@ class TaskResParams:
     fused: bool = True  # bf16 on the CPU: fused kernels for the passes over the weights, if numba is installed
     device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
 
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"--set gradient must be one of {', '.join(GRADIENTS)}, not {self.gradient!r}")
+        check_products(self.products)
+
 
 def reference_defaults(task_name: str, backbone_model: str, shots: int, dataset_alpha: float,
                        dataset_lr: float | None) -> dict:
@@ -58,6 +63,7 @@ def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.T
 
 
 PRODUCTS = ("fp32", "bf16")
+GRADIENTS = ("closed_form", "autograd")
 
 
 def check_products(products: str) -> None:
