@@ -160,6 +160,18 @@ def test_methods_share_views_only_where_their_crops_agree(coop_tasks, tmp_path, 
     assert _entries(tmp_path) == after_tip + 3  # the train images under the test transform
 
 
+def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
+    from taskres.distributed import ExtractConfig, planned_views
+
+    def train_views(method):
+        cfg = ExtractConfig("dtd", str(coop_tasks), splits=("train",), shots=2, views=2, method=method)
+        return [view for _, _, view in planned_views(cfg)]
+
+    assert [v.scale for v in train_views("gda")] == [(0.5, 1.0)] * 2
+    assert [v.scale for v in train_views("taskres")] == [(0.08, 1.0)] * 2
+    assert train_views("linear_probe") == [View()]
+
+
 # -- the search split ----------------------------------------------------------------------------------------
 def test_full_and_fewshot_search_splits_differ_and_are_recorded(coop_tasks, tmp_path):
     task = load_dataset("dtd", str(coop_tasks))
