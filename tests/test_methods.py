@@ -1,4 +1,4 @@
-"""The comparison methods (linear probe, CoOp, CLIP-Adapter, Tip-Adapter(-F), TaskRes*, LP++, GDA).
+"""The comparison methods (linear probe, CoOp, CLIP-Adapter, Tip-Adapter(-F), TaskRes*, LP++, GDA, CLAP).
 
 Two generated tasks, both separable, both poor for zero-shot CLIP:
 - the text task, built from the tiny random text encoder: class c's image features are the text feature of
@@ -47,6 +47,7 @@ FAST = {
                          "proj_lrs": [1e-3, 1e-2]},
     "lpp": {"epochs": 50},
     "gda": {},
+    "clap": {"epochs": 100},
 }
 OURS = sorted(FAST)
 FEATURE_TASK_METHODS = {"clip_adapter"}
@@ -344,6 +345,7 @@ CLI_SETTINGS = {
     "taskres_enhanced": ["epochs=2", "proj_epochs=2"],
     "lpp": ["epochs=5"],
     "gda": [],
+    "clap": ["epochs=2"],
 }
 
 

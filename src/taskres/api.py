@@ -48,6 +48,7 @@ class FitConfig:
     views: int = DEFAULT_VIEWS  # augmented views cached per training image (cached regime)
     augment: bool = True  # False: train on the test transform (one view)
     memory_map: bool = False  # cached regime: the views stay in the cache, memory-mapped (sets larger than RAM)
+    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
@@ -114,7 +115,10 @@ def split_record(task: TaskData, split: FewShotSplit, eval_splits) -> dict:
     return record
 
 
-def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, split: FewShotSplit):
+def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, split: FewShotSplit,
+                    aug_scale: tuple[float, float] | None = (0.08, 1.0)):
+    """The training features: augmented views at ``aug_scale`` (the method's crop), or the test transform
+    alone when ``aug_scale`` is None or ``cfg.augment`` is off."""
     samples = split.train
     if cfg.regime == "online":
         if cfg.skip_bad_images:  # find unreadable files once, so training never meets them
@@ -122,10 +126,11 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
                                    num_workers=cfg.num_workers, skip_bad=True, progress=cfg.progress,
                                    desc="checking train images")
             samples = [s for s, ok in zip(samples, valid_rows(feats).tolist()) if ok]
-        return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=cfg.augment)
+        return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=augmented(cfg, aug_scale), scale=aug_scale)
     if cfg.views < 1:
         raise ValueError(f"--views must be at least 1, not {cfg.views}")
-    view_list = [View("aug", v, cfg.seed) for v in range(cfg.views)] if cfg.augment else [View()]
+    view_list = ([View("aug", v, cfg.seed, aug_scale) for v in range(cfg.views)] if augmented(cfg, aug_scale)
+                 else [View()])
     if cfg.memory_map:  # the same views and the same per-epoch view choice, read from disk batch by batch
         mapped = [cache.mapped(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                skip_bad=cfg.skip_bad_images, progress=cfg.progress,
@@ -139,6 +144,10 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
         for i, v in enumerate(view_list)])
     ok = ~torch.isnan(views).any(dim=2).any(dim=0)
     return CachedViews(views[:, ok], _labels(samples)[ok], seed=cfg.seed)
+
+
+def augmented(cfg: FitConfig, aug_scale) -> bool:
+    return cfg.augment and aug_scale is not None
 
 
 def encode_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, samples, desc: str):
@@ -189,8 +198,12 @@ def resolve_split(cfg: FitConfig, task: TaskData) -> tuple[FitConfig, FewShotSpl
     if not cfg.split_file:
         cfg = dataclasses.replace(cfg, shots=DEFAULT_SHOTS if cfg.shots is None else cfg.shots,
                                   seed=DEFAULT_SEED if cfg.seed is None else cfg.seed)
-        return cfg, make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots)
+        return cfg, make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
+                                       search_split=cfg.search_split)
     split = load_split(Path(cfg.split_file), task, allow_fewer=cfg.allow_fewer_shots)
+    if split.search_split != cfg.search_split:
+        raise DatasetError(f"--split-file {cfg.split_file}: its validation images are a {split.search_split!r} "
+                           f"search split, not the {cfg.search_split!r} one asked for (--search-split)")
     for option, given, stated in (("--shots", cfg.shots, split.shots), ("--seed", cfg.seed, split.seed)):
         if given is not None and given != stated:
             raise DatasetError(f"{option} {given} disagrees with --split-file {cfg.split_file}, made with "
@@ -235,7 +248,7 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
     base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
-    train = training_source(cfg, backbone, cache, split)
+    train = training_source(cfg, backbone, cache, split, method.aug_scale)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
@@ -261,7 +274,10 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         "shots_per_class": {"min": fewest, "max": most},
         "seed": cfg.seed,
         "regime": cfg.regime,
-        "views": cfg.views if cfg.regime == "cached" and cfg.augment else (1 if cfg.regime == "cached" else 0),
+        "views": (cfg.views if augmented(cfg, method.aug_scale) else 1) if cfg.regime == "cached" else 0,
+        "augmentation": list(method.aug_scale) if augmented(cfg, method.aug_scale) else None,  # crop scale
+        "search_split": split.search_split,
+        "num_val": 0 if val_labels is None else len(val_labels),
         "top1": results,
         "num_images": counts,
         "num_train": train.num_samples,

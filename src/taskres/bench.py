@@ -164,6 +164,7 @@ def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception
         "method": cell.method,
         "shots": cell.shots,
         "seed": cell.seed,
+        "search_split": sweep.search_split,
         "key": cell.key(sweep),
         "backbone_config": {k: getattr(cell.backbone, k) for k in ("name", "pretrained", "device", "precision",
                                                                           "quick_gelu")},
@@ -245,7 +246,7 @@ def sweep_from_args(args) -> tuple[SweepConfig, list[str]]:
         "data_root": args.data_root, "regime": args.regime, "views": args.views,
         "augment": False if args.no_augment else None, "cache_dir": args.cache_dir, "batch_size": args.batch_size,
         "num_workers": args.workers, "skip_bad_images": True if args.skip_bad_images else None,
-        "allow_fewer_shots": True if args.allow_fewer_shots else None,
+        "allow_fewer_shots": True if args.allow_fewer_shots else None, "search_split": args.search_split,
     }
     backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision,
                       "quick_gelu": args.quick_gelu}
@@ -294,6 +295,9 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     g.add_argument("--allow-fewer-shots", action="store_true",
                    help="use every image of a class with fewer than K (CoOp's behaviour)")
+    g.add_argument("--search-split", default=None, choices=["fewshot", "full"],
+                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
+                        "(default), full = the dataset's whole validation split; never the test split")
 
 
 def cmd_bench(args) -> int:

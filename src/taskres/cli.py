@@ -85,7 +85,7 @@ def cmd_fit(args) -> int:
     cfg = FitConfig(
         method=args.method, dataset=args.dataset, data_root=args.data_root, backbone=backbone_config(args),
         shots=args.shots, seed=args.seed, regime=args.regime, views=args.views, augment=not args.no_augment,
-        memory_map=args.memory_map, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
+        memory_map=args.memory_map, search_split=args.search_split, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
         eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
         batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
         allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet)
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training sets larger than RAM; needs the feature cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter, e.g. --set lr=1e-3 --set epochs=50")
+    p.add_argument("--search-split", default="fewshot", choices=["fewshot", "full"],
+                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
+                        "(default), full = the dataset's whole validation split (as the papers' code); never test")
     p.add_argument("--eval-split", action="append", default=None, help="split(s) to evaluate (default: test)")
     p.add_argument("--split-file", default=None, help="reuse the exact few-shot split of a run (its splits.json)")
     p.add_argument("--allow-fewer-shots", action="store_true",

@@ -30,6 +30,7 @@ import torch
 from .backbone import MINI_MODEL, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
+from .datasets.fewshot import SEARCH_SPLITS
 from .methods import METHODS, get_method
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
@@ -100,6 +101,7 @@ class SweepConfig:
     num_workers: int | None = None
     skip_bad_images: bool = False
     allow_fewer_shots: bool = False
+    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -285,6 +287,8 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
     if sweep.num_workers is not None and sweep.num_workers < 0:
         raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
+    if sweep.search_split not in SEARCH_SPLITS:
+        raise ValueError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}")
     if sweep.protocol == "domain" and not sweep.targets:
         raise ValueError("--targets: the domain protocol needs at least one target dataset")
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
@@ -334,6 +338,8 @@ class Cell:
         }
         if self.protocol == "domain":
             key["targets"] = list(sweep.targets)
+        if sweep.search_split != "fewshot":  # records made before the option searched the few-shot split
+            key["search_split"] = sweep.search_split
         return key
 
 
@@ -434,6 +440,8 @@ def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> 
 def _data_flags(sweep: SweepConfig) -> list[str]:
     """The switches a rerun command needs to see the same training images as the sweep did."""
     flags = [] if sweep.augment else ["--no-augment"]
+    if sweep.search_split != "fewshot":
+        flags += ["--search-split", sweep.search_split]
     if sweep.allow_fewer_shots:
         flags.append("--allow-fewer-shots")
     if sweep.skip_bad_images:
@@ -494,7 +502,8 @@ def fit_config(cell: Cell, sweep: SweepConfig, run_dir: Path, progress: bool):
         shots=cell.shots, seed=cell.seed, regime=sweep.regime, views=sweep.views, augment=sweep.augment,
         method_params=dict(sweep.method_params.get(cell.method, {})), eval_splits=("test",),
         cache_dir=sweep.cache_dir, out=str(run_dir), batch_size=sweep.batch_size, num_workers=sweep.num_workers,
-        skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots, progress=progress)
+        skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots,
+        search_split=sweep.search_split, progress=progress)
 
 
 def _nan_to_none(x: float) -> float | None:

@@ -1,8 +1,10 @@
 """Image loading and the reference training augmentation, with seeds that do not depend on workers.
 
 The reference code draws RandomResizedCrop(scale 0.08-1, bicubic) and a horizontal flip from a global
-random state. Here every (seed, view, image index) owns its own generator, so a cached view is the same
-whichever process, worker or batch computed it, and a run can be repeated exactly.
+random state (Dassl's default INPUT.RRCROP_SCALE; Tip-Adapter, LP++ and GDA crop with scale 0.5-1: a method
+says which scale its views use, see ``Method.aug_scale``). Here every (seed, view, image index) owns its own
+generator, so a cached view is the same whichever process, worker or batch computed it, and a run can be
+repeated exactly.
 """
 
 from __future__ import annotations
@@ -123,14 +125,33 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-class ReferenceAugmentation:
-    """RandomResizedCrop(size, scale (0.08, 1), bicubic) + horizontal flip + normalisation."""
+DEFAULT_SCALE = (0.08, 1.0)  # Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py), torchvision's default
 
-    def __init__(self, size: int, mean, std, scale=(0.08, 1.0)):
+
+def check_scale(scale) -> tuple[float, float]:
+    """A RandomResizedCrop area range (lo, hi) with 0 < lo <= hi <= 1."""
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"an augmentation scale is two numbers (lo, hi), not {scale!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"an augmentation scale needs 0 < lo <= hi <= 1, not {scale!r}")
+    return lo, hi
+
+
+class ReferenceAugmentation:
+    """RandomResizedCrop(size, scale (lo, hi), bicubic) + horizontal flip + normalisation."""
+
+    def __init__(self, size: int, mean, std, scale=DEFAULT_SCALE):
         self.size = size
         self.mean = list(mean)
         self.std = list(std)
-        self.scale = scale
+        self.scale = check_scale(scale)
+
+    def with_scale(self, scale) -> "ReferenceAugmentation":
+        """The same augmentation with another crop-area range (self when it is the same)."""
+        scale = check_scale(scale)
+        return self if scale == self.scale else ReferenceAugmentation(self.size, self.mean, self.std, scale)
 
     def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:
         rng = np.random.default_rng(seed)

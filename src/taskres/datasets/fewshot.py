@@ -13,6 +13,10 @@ from ..io import write_json_atomic
 from .base import DatasetError, Sample, TaskData
 
 VAL_SHOTS_CAP = 4  # CoOp draws min(K, 4) validation images per class
+# Where methods search their hyper-parameters: "fewshot", min(K, 4) images per class (CoOp's lpclip/
+# linear_probe.py val_shot_list; the default, realistic few-shot), or "full", the dataset's whole validation
+# split (what Tip-Adapter's main.py and GDA's main_few_shots.py search on). Never the test split.
+SEARCH_SPLITS = ("fewshot", "full")
 
 
 @dataclass
@@ -21,11 +25,13 @@ class FewShotSplit:
     seed: int
     train: list[Sample]
     val: list[Sample]
+    search_split: str = "fewshot"  # how ``val`` was drawn (SEARCH_SPLITS)
 
     def to_json(self) -> dict:
         return {
             "shots": self.shots,
             "seed": self.seed,
+            "search_split": self.search_split,
             "train": [[s.path, s.label] for s in self.train],
             "val": [[s.path, s.label] for s in self.val],
         }
@@ -35,7 +41,8 @@ class FewShotSplit:
         try:
             return cls(int(data["shots"]), int(data["seed"]),
                        [Sample(str(p), int(y)) for p, y in data["train"]],
-                       [Sample(str(p), int(y)) for p, y in data["val"]])
+                       [Sample(str(p), int(y)) for p, y in data["val"]],
+                       str(data.get("search_split", "fewshot")))  # files from before the option: fewshot
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{source}: not a few-shot split file ({exc})") from None
 
@@ -69,8 +76,19 @@ def sample_per_class(samples: list[Sample], shots: int, rng: random.Random, *, c
     return out
 
 
-def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bool = False) -> FewShotSplit:
-    """Seeded K-shot train set and a min(K, 4)-shot validation set (disjoint from the shots)."""
+def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bool = False,
+                       search_split: str = "fewshot") -> FewShotSplit:
+    """Seeded K-shot train set and the validation set that methods search on (disjoint from the shots).
+
+    ``search_split="fewshot"``: min(K, 4) images per class; ``"full"``: the dataset's whole validation split
+    (the shots are drawn alike either way). A dataset without a validation split of its own (ImageNet)
+    has no ``full`` one: the originals searched ImageNet's test split, which this project never does.
+    """
+    if search_split not in SEARCH_SPLITS:
+        raise DatasetError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {search_split!r}")
+    if search_split == "full" and not task.val:
+        raise DatasetError(f"dataset {task.name!r} has no validation split of its own, so --search-split full "
+                           "has nothing to search on (the test split is never used); use --search-split fewshot")
     if shots < 1:
         raise DatasetError(f"--shots must be at least 1, not {shots}")
     if not task.train:
@@ -78,6 +96,8 @@ def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bo
     rng = random.Random(seed)
     train = sample_per_class(task.train, shots, rng, classnames=task.classnames, split_name="train",
                              dataset=task.name, strict=not allow_fewer)
+    if search_split == "full":
+        return FewShotSplit(shots, seed, train, list(task.val), "full")
     val_shots = min(shots, VAL_SHOTS_CAP)
     if task.val:
         val_pool = task.val
@@ -170,7 +190,8 @@ def check_split(split: FewShotSplit, task: TaskData, data: dict, source: str, *,
             if path in seen:
                 raise fault(f"{part} image {s.path} is listed twice (also in {seen[path]})")
             seen[path] = part
-    val_cap = min(split.shots, VAL_SHOTS_CAP)
+    # A "full" search split holds the dataset's whole validation split: no per-class cap on val then.
+    val_cap = min(split.shots, VAL_SHOTS_CAP) if split.search_split == "fewshot" else len(split.val)
     for part, samples, cap in (("train", split.train, split.shots), ("val", split.val, val_cap)):
         counts = Counter(s.label for s in samples)
         for label in range(n):

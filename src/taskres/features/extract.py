@@ -56,7 +56,7 @@ class _ShardBatches(Dataset):
         except ImageError as exc:
             return torch.zeros(3, self.size, self.size), str(exc)
         if view.kind == "aug":
-            return self.augmentation(img, sample_seed(view.seed, view.index, path_seed(path))), ""
+            return view.augmentation(self.augmentation)(img, sample_seed(view.seed, view.index, path_seed(path))), ""
         return self.test_transform(img), ""
 
     def __getitem__(self, item):

@@ -24,17 +24,31 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class View:
-    """Which transform an entry holds: the test transform, or augmented view ``index`` of seed ``seed``."""
+    """Which transform an entry holds: the test transform, or augmented view ``index`` of seed ``seed``.
+
+    ``scale`` is the RandomResizedCrop area range of an augmented view (None: the backbone's augmentation
+    as it is, 0.08-1). The key names the augmentation with its scale, so views of the same scale are one
+    entry whichever method asked for them.
+    """
 
     kind: str = "test"  # "test" | "aug"
     index: int = 0
     seed: int = 0
+    scale: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.scale is not None:  # a tuple, so that views stay hashable (a list may come from JSON)
+            object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+
+    def augmentation(self, base):
+        """``base`` (a ReferenceAugmentation) at this view's scale."""
+        return base if self.scale is None else base.with_scale(self.scale)
 
     def describe(self, backbone) -> str:
         if self.kind == "test":
             return f"test:{backbone.test_transform_id()}"
         if self.kind == "aug":
-            return f"aug:{backbone.augmentation.describe()}:seed{self.seed}:view{self.index}"
+            return f"aug:{self.augmentation(backbone.augmentation).describe()}:seed{self.seed}:view{self.index}"
         raise ValueError(f"unknown view kind {self.kind!r}")
 
 

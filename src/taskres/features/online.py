@@ -13,8 +13,10 @@ from .keys import path_seed
 class OnlineAugmented:
     """The reference regime: every step loads its images, augments them afresh and encodes them."""
 
-    def __init__(self, backbone, samples: list[Sample], seed: int = 0, augment: bool = True):
+    def __init__(self, backbone, samples: list[Sample], seed: int = 0, augment: bool = True, scale=None):
         self.backbone = backbone
+        # the backbone's augmentation at the method's crop scale (None: as it is)
+        self.augmentation = backbone.augmentation if scale is None else backbone.augmentation.with_scale(scale)
         self.samples = samples
         self.labels = torch.tensor([s.label for s in samples])
         self.seed = seed
@@ -41,7 +43,7 @@ class OnlineAugmented:
                 img = self._image(i)
                 if self.augment:
                     seed = sample_seed(self.seed, 1000003 + epoch, path_seed(self.samples[i].path))
-                    batch.append(self.backbone.augmentation(img, seed))
+                    batch.append(self.augmentation(img, seed))
                 else:
                     batch.append(self.backbone.preprocess(img))
             batch = torch.stack(batch)

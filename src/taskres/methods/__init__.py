@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..classifier import CLASSIFIERS
 from .base import FitContext, Method, TrainingError, parse_overrides, validate_params
+from .clap import CLAP
 from .clip_adapter import ClipAdapter
 from .coop import CoOp
 from .gda import GDA
@@ -12,10 +13,11 @@ from .lpp import LPP
 from .taskres import TaskRes
 from .taskres_enhanced import TaskResEnhanced
 from .tip_adapter import TipAdapter, TipAdapterF
-from .zeroshot import ZeroShot
+from .zeroshot import ZeroShot, ZeroShotEnsemble
 
 METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShot,
+    "zeroshot_ens": ZeroShotEnsemble,
     "taskres": TaskRes,
     # comparison methods (issue 3)
     "linear_probe": LinearProbe,
@@ -26,6 +28,7 @@ METHODS: dict[str, type[Method]] = {
     "taskres_enhanced": TaskResEnhanced,
     "lpp": LPP,
     "gda": GDA,
+    "clap": CLAP,
 }
 
 # The classifier kinds that load_classifier understands register themselves (taskres.classifier.CLASSIFIERS)

@@ -69,6 +69,10 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = dict
     description: ClassVar[str] = ""
+    # The RandomResizedCrop area range of the method's training views, as its reference code crops them;
+    # None: the un-augmented test transform. Default: Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py),
+    # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).
+    aug_scale: ClassVar[tuple[float, float] | None] = (0.08, 1.0)
 
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
