@@ -32,12 +32,12 @@ section { background:var(--card); border:1px solid var(--line); border-radius:10
 table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
 th, td { padding:5px 8px; border-bottom:1px solid var(--line); text-align:right; white-space:nowrap; }
 th { font-weight:600; color:var(--muted); font-size:12.5px; background:#fafbfd; }
-th:first-child, td:first-child { text-align:left; }
-td.name { text-align:left; white-space:normal; }
+th:first-child, td:first-child, th.l, td.l { text-align:left; white-space:normal; }
 .bar { position:relative; width:220px; height:12px; background:#f0f2f6; border-radius:3px; }
 .bar span { position:absolute; top:0; height:12px; border-radius:3px; }
 .bar .mid { position:absolute; left:50%; top:-2px; width:1px; height:16px; background:#9aa3b2; }
 .two { display:grid; grid-template-columns:minmax(0,1.15fr) minmax(0,1fr); gap:18px; align-items:start; }
+.stack img.fig { max-width:820px; margin:0 auto 8px; }
 img.fig { max-width:100%; height:auto; display:block; }
 .grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(160px,1fr)); gap:12px; }
 .thumb { border:1px solid var(--line); border-radius:8px; padding:8px; background:#fbfcfe; }
@@ -56,11 +56,13 @@ def page(title: str, body: str) -> str:
             f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
 
 
-def table(header: list[str], rows: list[list[str]], raw: bool = False) -> str:
-    """An HTML table; cells are escaped unless ``raw`` (cells already HTML)."""
+def table(header: list[str], rows: list[list[str]], raw: bool = False, left: int = 1) -> str:
+    """An HTML table; cells are escaped unless ``raw`` (cells already HTML); the first ``left`` columns (text)
+    are left-aligned, the others (numbers) right-aligned."""
     cell = (lambda c: c) if raw else (lambda c: escape(str(c)))
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    cls = lambda i: ' class="l"' if i < left else ""  # noqa: E731
+    head = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{cell(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -64,7 +64,8 @@ def _gain_bar(gain: float | None) -> str:
 def _class_table(rows: list[dict]) -> str:
     body = [[escape(r["class"]), str(r["images"]), _pct(r["zeroshot"]), _pct(r["method"]),
              _delta(r["gain"]), _gain_bar(r["gain"])] for r in rows]
-    return table(["class", "images", "zero-shot %", "method %", "gain", "zero-shot → method"], body, raw=True)
+    return table(["class", "images", "zero-shot %", "method %", "gain", "zero-shot → method"], body, raw=True,
+                 left=1)
 
 
 def _classes_section(ev: dict) -> str:
@@ -77,8 +78,10 @@ def _classes_section(ev: dict) -> str:
             f"{len(known) - helped - hurt} unchanged.</p>")
     if len(gains) <= 2 * CLASS_ROWS_SHOWN:
         return f"<section>{head}{_class_table(gains)}</section>"
-    top, bottom = gains[:CLASS_ROWS_SHOWN], gains[-CLASS_ROWS_SHOWN:]
-    return (f"<section>{head}<h3>Most helped</h3>{_class_table(top)}<h3>Most hurt</h3>{_class_table(bottom)}"
+    top = [g for g in known if g["gain"] > 0][:CLASS_ROWS_SHOWN]
+    bottom = [g for g in reversed(known) if g["gain"] < 0][:CLASS_ROWS_SHOWN]  # the worst first
+    part = lambda title, rows: f"<h3>{title}</h3>" + (_class_table(rows) if rows else "<p>none</p>")  # noqa: E731
+    return (f"<section>{head}{part('Most helped', top)}{part('Most hurt', bottom)}"
             f"<details><summary>all {len(gains)} classes</summary>{_class_table(gains)}</details></section>")
 
 
@@ -101,7 +104,7 @@ def _confusion_picture(confusion: torch.Tensor, classnames: list[str]) -> tuple[
     ax = fig.add_subplot()
     im = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
     names = [classnames[i] if len(classnames[i]) <= 22 else classnames[i][:21] + "…" for i in idx]
-    font = 8 if n <= 15 else 6
+    font = 8 if n <= 15 else 7
     ax.set_xticks(range(n), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
     ax.set_yticks(range(n), names, fontsize=font)
     ax.set_xlabel("predicted", fontsize=9)
@@ -132,9 +135,10 @@ def _confusion_section(ev: dict) -> str:
             break
         t, p = divmod(k, len(names))
         rows.append([escape(names[t]), escape(names[p]), str(n), _pct(100.0 * n / max(1, int(conf[t].sum())))])
-    top = (table(["true class", "predicted as", "images", "% of the class"], rows, raw=True) if rows else
+    top = (table(["true class", "predicted as", "images", "% of the class"], rows, raw=True, left=2) if rows else
            "<p>No confusions: every image was classified correctly.</p>")
-    return (f'<section><h2>Confusion matrix (method)</h2><div class="two"><div>'
+    layout = "two" if len(names) <= 15 else "stack"  # a big matrix gets the page's width
+    return (f'<section><h2>Confusion matrix (method)</h2><div class="{layout}"><div>'
             f'{img(uri, "confusion matrix")}<p class="note">{escape(caption)}</p></div>'
             f"<div><h3>Most frequent confusions</h3>{top}</div></div></section>")
 
@@ -174,8 +178,7 @@ def _thumbnail(path: str) -> str | None:
 
     try:
         image = load_image(path)
-    except ImageError as exc:
-        log.warning("report.html: no thumbnail for %s (%s)", path, exc)
+    except ImageError:
         return None
     image.thumbnail((THUMB_SIZE, THUMB_SIZE))
     buf = io.BytesIO()
@@ -188,14 +191,19 @@ def _worst_section(ev: dict) -> str:
     if not worst:
         return ("<section><h2>Most confident mistakes</h2><p>None: no test image was misclassified.</p>"
                 "</section>")
-    cards = []
+    cards, missing = [], []
     for w in worst:
         uri = _thumbnail(w["image"])
+        if uri is None:
+            missing.append(w["image"])
         picture = img(uri, w["image"], cls="") if uri else '<div class="note">(image unreadable)</div>'
         preds = "".join(f'<li class="{"hit" if name == w["label"] else ""}">{escape(name)} '
                         f"{100 * p:.1f}%</li>" for name, p in w["top3"])
         cards.append(f'<div class="thumb" title="{escape(w["image"])}">{picture}<div class="t">true: '
                      f"<b>{escape(w['label'])}</b> ({100 * w['true_probability']:.1f}%)</div><ol>{preds}</ol></div>")
+    if missing:
+        log.warning("report.html: %d of %d mistake thumbnail(s) could not be read (e.g. %s)", len(missing),
+                    len(worst), missing[0])
     return (f'<section><h2>Most confident mistakes</h2><p class="note">The {len(worst)} wrong predictions with the '
             f"highest confidence, with the method's top-3 (the true class in green if it is among them).</p>"
             f'<div class="grid">{"".join(cards)}</div></section>')
@@ -209,7 +217,7 @@ def _split_table(evaluations: dict) -> str:
                 e = ev[key]
                 rows.append([name, label, str(ev["num_images"]), _pct(e["top1"]), _pct(e[f"top{TOP_K}"]),
                              _pct(e["macro"]), _pct(e["ece"])])
-    return table(["split", "classifier", "images", "top-1 %", f"top-{TOP_K} %", "macro %", "ECE %"], rows)
+    return table(["split", "classifier", "images", "top-1 %", f"top-{TOP_K} %", "macro %", "ECE %"], rows, left=2)
 
 
 def render_run_report(metrics: dict, classifier=None) -> str:
