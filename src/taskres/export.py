@@ -109,6 +109,11 @@ def _parameter_bytes(module: torch.nn.Module) -> int:
 
 def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """One ONNX file (two above 2 GiB of weights: the graph and its external data) with a dynamic batch."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"--format onnx needs the {exc.name} package: pip install 'taskres[export]'") from None
     external = _parameter_bytes(model) > ONNX_SINGLE_FILE_LIMIT
     optimizer_log = logging.getLogger("onnxscript")
     level = optimizer_log.level
