@@ -152,3 +152,11 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "classifier file not found" in err
+
+
+def test_missing_onnx_packages_are_named(run, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # as if not installed
+    assert main(["export", str(run), "--out", str(run / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "onnxscript" in err and "taskres[export]" in err
+    assert not (run / "x.onnx").exists()
