@@ -1,7 +1,7 @@
 """``taskres export RUN --format onnx``: a run as one deployable graph, images in, class probabilities out.
 
 The graph is the run's frozen image encoder followed by its tuned head (any classifier kind of
-``taskres.methods.CLASSIFIERS``) and a softmax: preprocessed images [N, 3, H, W] (float32, the batch axis
+``taskres.classifier.CLASSIFIERS``) and a softmax: preprocessed images [N, 3, H, W] (float32, the batch axis
 dynamic) -> probabilities [N, C], the numbers ``taskres predict`` prints. Beside it, ``<name>.onnx.json`` holds
 what a deployment needs to feed it: the preprocessing (resize, interpolation, centre crop, mean, std) and the
 class names in output order. ``--format torchscript`` writes the same model as a traced TorchScript file.
@@ -144,12 +144,13 @@ WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript}
 
 
 def check_exportable(classifier: Classifier) -> None:
-    """Every kind in CLASSIFIERS is plain tensor algebra on the features; anything else is refused."""
-    from .methods import CLASSIFIERS
+    """The kinds taskres ships (taskres.classifier.CLASSIFIERS) are plain tensor algebra on the features, each
+    tested through the exporter; a class that is not the registered class of its kind is refused."""
+    from .methods import CLASSIFIERS  # importing the methods registers their kinds
 
     if CLASSIFIERS.get(classifier.kind) is not type(classifier):
-        raise ClassifierError(f"export: classifier kind {classifier.kind!r} ({type(classifier).__name__}) is not one "
-                              f"of the exportable kinds ({', '.join(CLASSIFIERS)})")
+        raise ClassifierError(f"export: {type(classifier).__name__} is not the registered class of a classifier kind "
+                              f"(kind {classifier.kind!r}; registered: {', '.join(CLASSIFIERS)})")
 
 
 @dataclass
