@@ -175,6 +175,13 @@ def evaluate_split(classifier: Classifier, zero_shot: torch.Tensor, logit_scale:
     return split_evaluation(logits, zs_logits, data.labels, data.images, classnames)
 
 
+def evaluate_splits(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, task: TaskData,
+                    classifier: Classifier, base: torch.Tensor) -> dict[str, dict]:
+    """Each of ``cfg.eval_splits`` encoded (cached) and scored, the method beside zero-shot (base t)."""
+    return {name: evaluate_split(classifier, base, backbone.logit_scale, encode_eval_split(
+        cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
+
+
 def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
                   base: torch.Tensor | None = None, val_features=None, val_labels=None,
                   progress: bool = True) -> FitContext:
@@ -217,8 +224,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     classifier = method.fit(ctx)
     fit_seconds = time.time() - fit_started
 
-    evaluations = {name: evaluate_split(classifier, base, backbone.logit_scale, encode_eval_split(
-        cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
+    evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
     metrics = {
         "method": cfg.method,
         "dataset": task.name,
