@@ -18,13 +18,15 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone, BackboneConfig, load_backbone
-from .classifier import (Classifier, check_backbone, class_rows, load_classifier, save_classifier)
+from .classifier import (Classifier, check_backbone, class_rows, cosine_logits, load_classifier, save_classifier)
 from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split,
                        shots_used)
 from .features import (CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir,
                        valid_rows)
 from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, get_method
+from .metrics import split_evaluation
+from .run_report import write_run_report
 from .transforms import load_image
 
 log = logging.getLogger("taskres")
@@ -157,6 +159,43 @@ def encode_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, sample
     return feats[ok], _labels(samples)[ok]
 
 
+@dataclass
+class EvalSet:
+    """The readable images of an evaluated split, their features and labels, in the same order."""
+
+    images: list[str]
+    features: torch.Tensor
+    labels: torch.Tensor
+
+
+def encode_eval_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, samples, desc: str) -> EvalSet:
+    feats = cache.features(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
+    ok = valid_rows(feats)
+    return EvalSet([s.path for s, keep in zip(samples, ok.tolist()) if keep], feats[ok], _labels(samples)[ok])
+
+
+def evaluate_split(classifier: Classifier, zero_shot: torch.Tensor, logit_scale: float, data: EvalSet,
+                   classnames: list[str], rows: torch.Tensor | None = None) -> dict:
+    """The practitioner's metrics (taskres.metrics) of the classifier and of zero-shot on one split.
+
+    ``zero_shot`` is the frozen text classifier t of the split's classes; ``rows`` picks the classifier's
+    rows of those classes (a class subset such as ImageNet-A/R)."""
+    with torch.no_grad():
+        logits = classifier(data.features)
+        if rows is not None:
+            logits = logits[:, rows]
+        zs_logits = cosine_logits(data.features, zero_shot, logit_scale)
+    return split_evaluation(logits, zs_logits, data.labels, data.images, classnames)
+
+
+def evaluate_splits(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, task: TaskData,
+                    classifier: Classifier, base: torch.Tensor) -> dict[str, dict]:
+    """Each of ``cfg.eval_splits`` encoded (cached) and scored, the method beside zero-shot (base t)."""
+    return {name: evaluate_split(classifier, base, backbone.logit_scale, encode_eval_split(
+        cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
+
+
 def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
                   base: torch.Tensor | None = None, val_features=None, val_labels=None,
                   progress: bool = True) -> FitContext:
@@ -258,12 +297,7 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
     classifier = method.fit(ctx)
     fit_seconds = time.time() - fit_started
 
-    results, counts = {}, {}
-    for name in cfg.eval_splits:
-        feats, labels = encode_split(cfg, backbone, cache, task.split(name), f"encoding {name}")
-        with torch.no_grad():
-            results[name] = top1(classifier(feats), labels)
-        counts[name] = len(labels)
+    evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
     fewest, most = shots_used(split, task.num_classes)
     metrics = {
         "method": cfg.method,
@@ -278,17 +312,19 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         "augmentation": list(method.aug_scale) if augmented(cfg, method.aug_scale) else None,  # crop scale
         "search_split": split.search_split,
         "num_val": 0 if val_labels is None else len(val_labels),
-        "top1": results,
-        "num_images": counts,
+        "top1": {name: e["method"]["top1"] for name, e in evaluations.items()},
+        "num_images": {name: e["num_images"] for name, e in evaluations.items()},
         "num_train": train.num_samples,
         "hparams": classifier.meta.hparams,
         "fit_seconds": round(fit_seconds, 3),
         "total_seconds": round(time.time() - started, 3),
         "versions": versions(),
+        "evaluation": evaluations,  # per split: top-5, macro, ECE, per class, confusion, zero-shot alike
     }
     if work_dir is not None:
         save_classifier(classifier, work_dir / "classifier.safetensors")
         write_json_atomic(work_dir / "metrics.json", metrics)
+        write_run_report(work_dir / "report.html", metrics, classifier)
     return classifier, metrics
 
 
@@ -336,7 +372,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
              batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
              progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None,
              device: str | None = None, precision: str | None = None) -> dict:
-    """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows.
+    """Top-1 (and the metrics of taskres.metrics, with zero-shot beside) of a saved classifier on a dataset
+    split; a class subset (ImageNet-A/R) uses its rows.
 
     ``device`` / ``precision`` override those of the run's backbone (see ``_classifier_and_backbone``)."""
     cfg = FitConfig(batch_size=batch_size, num_workers=num_workers, skip_bad_images=skip_bad_images,
@@ -346,13 +383,12 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
                                              precision=precision)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
-    feats, labels = encode_split(cfg, backbone, make_cache(cache_dir), task.split(split), f"encoding {split}")
-    with torch.no_grad():
-        logits = clf(feats)
-    if rows is not None:
-        logits = logits[:, rows]
-    return {"dataset": task.name, "split": split, "top1": top1(logits, labels), "num_images": len(labels),
-            "class_subset": rows is not None, "method": clf.meta.method}
+    data = encode_eval_split(cfg, backbone, make_cache(cache_dir), task.split(split), f"encoding {split}")
+    zero_shot = backbone.text_classifier(task.classnames, task.templates)  # t of the dataset's classes
+    evaluation = evaluate_split(clf, zero_shot, backbone.logit_scale, data, task.classnames, rows)
+    return {"dataset": task.name, "split": split, "top1": evaluation["method"]["top1"],
+            "num_images": evaluation["num_images"], "class_subset": rows is not None, "method": clf.meta.method,
+            "evaluation": evaluation}
 
 
 def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k: int = 5,

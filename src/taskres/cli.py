@@ -24,7 +24,7 @@ from .transforms import MAX_PIXELS_ENV, ImageError
 USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
                ValueError)
 # Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
-VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed")
+VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.export")
 
 
 def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -89,13 +89,16 @@ def cmd_fit(args) -> int:
         eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
         batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
         allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet)
+    from .metrics import summary_lines
+
     result = fit(cfg)
     m = result.metrics
     for split, acc in m["top1"].items():
         print(f"{m['method']} on {m['dataset']} ({shots_text(m)}, seed {m['seed']}): {split} top-1 = {acc:.2f} "
               f"% ({m['num_images'][split]} images)")
+        print("\n".join(summary_lines(m["evaluation"][split])))
     if result.run_dir:
-        print(f"wrote {result.run_dir}/classifier.safetensors, metrics.json, config.json, splits.json")
+        print(f"wrote {result.run_dir}/classifier.safetensors, metrics.json, config.json, splits.json, report.html")
     return 0
 
 
@@ -106,10 +109,13 @@ def cmd_eval(args) -> int:
                    backbone_cfg=backbone_config(args), cache_dir=args.cache_dir, batch_size=args.batch_size,
                    num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet,
                    device=args.device, precision=args.precision)
+    from .metrics import summary_lines
+
     subset = " (class subset)" if res["class_subset"] else ""
     print(f"{res['method']} on {res['dataset']} {res['split']}{subset}: top-1 = {res['top1']:.2f} % "
           f"({res['num_images']} images)")
-    if args.json:
+    print("\n".join(summary_lines(res["evaluation"])))
+    if args.json:  # everything: per-class accuracy, confusion matrix, ECE, for the method and zero-shot
         print(json.dumps(res))
     return 0
 
@@ -164,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_backbone_args(p, defaults=False)
     p.add_argument("--split", default="test")
-    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="also print the result as JSON (with per-class accuracy, confusion matrix and ECE, for the "
+                        "method and zero-shot)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top classes with probabilities for image files")

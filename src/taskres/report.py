@@ -7,8 +7,9 @@ shots on a log2 axis, one panel per dataset plus the average, one line per metho
 the source, each target and the target average; base-to-new the base, new and harmonic mean (CoCoOp's H:
 the harmonic mean of the mean base and mean new accuracies).
 
-Writes ``report.md``, ``report.csv``, ``report.json`` and ``fewshot__<backbone>.png/.svg`` into
-``RESULTS_DIR/report/`` (or ``--out``).
+Writes ``report.md``, ``report.csv``, ``report.json``, ``fewshot__<backbone>.png/.svg`` and ``report.html``
+(the tables and figures on one self-contained page, taskres.sweep_report) into ``RESULTS_DIR/report/`` (or
+``--out``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from .datasets import PAPER_DATASETS
 from .io import atomic_path, read_json, write_json_atomic
 from .protocols import PAPER_METHODS, harmonic_mean, safe_name
+from .sweep_report import write_sweep_html
 
 FIGURE_FORMATS = ("png", "svg")
 MAX_FAILED_LISTED = 20
@@ -387,6 +389,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
             paths = save_figure(fig, panels, out_dir / f"fewshot__{safe_name(bb)}", formats)  # a label from a record
             files += paths
             drawn[str(paths[0])] = panels
+    files.append(write_sweep_html(out_dir / "report.html", f"Results of {results_dir}", markdown, files,
+                                  summary.num_records))
     return ReportResult(summary, files, drawn, markdown)
 
 
