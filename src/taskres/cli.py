@@ -21,7 +21,7 @@ from .transforms import ImageError
 USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, TrainingError, ValueError,
                FileNotFoundError)
 # Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
-VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed")
+VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.published")
 
 
 def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
