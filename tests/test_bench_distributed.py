@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL, make_coop_dataset
+from conftest import TINY_MODEL
 from test_bench import FAST, make_mixed_folder
 from test_distributed import _free_port
 
@@ -24,10 +24,14 @@ RUN_FIELDS = {"seconds", "finished", "rank", "world", "host"}
 TIMING_METRICS = {"fit_seconds", "total_seconds"}
 
 
+CELLS = 12  # 2 shot counts x 3 seeds x 2 methods
+
+
 def sweep_argv(data: dict) -> list[str]:
-    """16 cells over two datasets; relative paths, so that two sweeps in two folders write equal records."""
-    return ["bench", "res", "--datasets", "caltech101", str(data["mixed"]), "--data-root", str(data["coop"]),
-            "--shots", "1", "2", "--seeds", "1", "2", "--methods", "zeroshot", "taskres", "--quiet",
+    """One dataset's 6 splits: the ranks get 3 each and both encode the dataset's test split (one cache entry)
+    at once. Relative paths, so that two sweeps in two folders write equal records."""
+    return ["bench", "res", "--datasets", str(data["mixed"]),
+            "--shots", "1", "2", "--seeds", "1", "2", "3", "--methods", "zeroshot", "taskres", "--quiet",
             "--backbone", TINY_MODEL, "--pretrained", "none", "--cache-dir", "cache", *FAST]
 
 
@@ -61,15 +65,13 @@ def one_process_sweep(data: dict, where: Path, monkeypatch) -> dict[str, dict]:
         summary = bench.run_sweep(sweep, Path("res"), progress=False)
     finally:
         torch.set_num_threads(threads)
-    assert summary.ok and len(summary.ran) == 16
+    assert summary.ok and len(summary.ran) == CELLS
     return records(where / "res")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distbench-data")
-    return {"coop": make_coop_dataset(root / "coop", per_class=(8, 3, 10), seed=5),
-            "mixed": make_mixed_folder(root / "mixed")}
+    return {"mixed": make_mixed_folder(tmp_path_factory.mktemp("distbench-data") / "mixed")}
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +104,10 @@ def test_two_ranks_split_the_cells_and_write_the_records_of_one_process(data, re
     run = torchrun(sweep_argv(data), tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     two = records(tmp_path / "res")
-    assert set(two) == set(reference) and len(two) == 16
+    assert set(two) == set(reference) and len(two) == CELLS
     assert {r["world"] for r in two.values()} == {2}
     ranks = [r["rank"] for r in two.values()]
-    assert sorted(set(ranks)) == [0, 1] and ranks.count(0) == ranks.count(1) == 8  # both ranks worked
+    assert sorted(set(ranks)) == [0, 1] and ranks.count(0) == ranks.count(1) == CELLS // 2  # both worked
     assert all(r["host"] for r in two.values())
     for name in two:
         # each cell's split holds both of its methods on one rank (they share the cache entries)
@@ -113,8 +115,8 @@ def test_two_ranks_split_the_cells_and_write_the_records_of_one_process(data, re
         assert outcome(two[name]) == outcome(reference[name]), name
     assert len({r["scores"]["top1"] for r in two.values()}) > 2, "all cells scored alike: equality tests little"
     # The summary is printed once (by rank 0, after every rank finished) and counts every rank's cells.
-    assert run.stdout.count("bench: 16 cell(s)") == 1
-    assert "0 already finished, 16 run now, 0 failed" in run.stdout
+    assert run.stdout.count(f"bench: {CELLS} cell(s)") == 1
+    assert f"0 already finished, {CELLS} run now, 0 failed" in run.stdout
     assert run.stdout.count("| taskres |") == 2  # the results table once: one row per shot count
 
 
@@ -122,12 +124,12 @@ def test_a_rank_that_dies_fails_the_job_and_the_sweep_resumes(data, reference, t
     run = torchrun(sweep_argv(data), tmp_path, extra_env={bench.KILL_HOOK: "1:1"})
     assert run.returncode != 0
     left = records(tmp_path / "res")
-    assert 1 <= len(left) < 16 and all(r["status"] == "ok" for r in left.values())  # only whole records
+    assert 1 <= len(left) < CELLS and all(r["status"] == "ok" for r in left.values())  # only whole records
     assert any(r["rank"] == 1 for r in left.values())
     # The same sweep, here on one process, runs only what is missing; the result is the reference.
     monkeypatch.chdir(tmp_path)
     assert cli.main(sweep_argv(data)) == 0
-    assert f"{len(left)} already finished, {16 - len(left)} run now, 0 failed" in capsys.readouterr().out
+    assert f"{len(left)} already finished, {CELLS - len(left)} run now, 0 failed" in capsys.readouterr().out
     final = records(tmp_path / "res")
     assert {n: outcome(r) for n, r in final.items()} == {n: outcome(r) for n, r in reference.items()}
 
@@ -143,6 +145,6 @@ def test_dry_run_under_torchrun_prints_one_list_with_each_cells_rank(data, tmp_p
         if rank == "1":
             assert out == ""
     lines = out.splitlines()
-    assert len(lines) == 16 and all(line.startswith("todo") for line in lines)
-    assert sum(line.endswith("(rank 0)") for line in lines) == sum(line.endswith("(rank 1)") for line in lines) == 8
+    assert len(lines) == CELLS and all(line.startswith("todo") for line in lines)
+    assert sum(line.endswith("(rank 0)") for line in lines) == sum(line.endswith("(rank 1)") for line in lines) == 6
     assert not (tmp_path / "res").exists()  # a dry run writes nothing
