@@ -8,27 +8,52 @@ Each finished cell writes ``RESULTS/records/<backbone>__<dataset>__<method>__<K>
 (atomically, the moment it finishes) and its run folder ``RESULTS/runs/<same name>/``. A restarted sweep
 skips the cells whose record says "ok" and runs the rest; a failing cell gets an error record and the
 sweep goes on. ``taskres report RESULTS`` turns the records into tables and figures.
+
+Across processes and machines (torchrun sets RANK and WORLD_SIZE; the ranks talk over gloo, on loopback or
+the rendezvous network, and only to wait for each other)::
+
+    torchrun --nproc-per-node 8 -m taskres bench results/ --preset paper --data-root /data --device cuda
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        -m taskres bench results/ ...   # RESULTS and --cache-dir on a filesystem every node shares
+
+Every rank reads the records' state, then (after a barrier, so that no rank has written yet) takes its
+share of the unfinished cells: the cells are cut into runs that share features (same backbone, dataset,
+shots and seed: the methods of one split) and those runs are dealt out as contiguous blocks of about equal
+size, so each rank encodes its own splits and loads as few backbones as it can. A cell's result does not
+depend on the rank that ran it, so the records are those of a one-process sweep, plus the rank and host
+that wrote each. Two ranks may still encode one cache entry at once (a test split that two blocks share):
+each shard is written atomically and holds the same rows whoever wrote it, so the second writer only
+repeats work. After a last barrier, rank 0 prints the summary of every rank's cells. A rank that dies
+makes torchrun stop the others; the same command then resumes from the records.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from .api import make_cache, versions
 from .backbone import load_backbone
 from .datasets import TaskData, load_dataset
+from .distributed import Group, kill_hook, rank_device
 from .io import atomic_folder, read_json, write_json_atomic
 from .protocols import (PAPER_METHODS, PROTOCOL_RUNNERS, PROTOCOLS, Cell, CellEnv, SweepConfig, bench_command,
                         dataset_label, expand, preset, read_sweep_file, resolve_sweep)
 
 log = logging.getLogger("taskres")
 RECORD_FORMAT = 1
+# Test hook: "RANK:COUNT" makes that rank die abruptly (no cleanup) after writing COUNT records.
+KILL_HOOK = "TASKRES_TEST_KILL_AFTER_CELLS"
+DEFAULT_DIST_TIMEOUT_S = 7 * 24 * 3600.0  # a rank may wait this long at the last barrier for the slowest one
 
 
 def _component(name: str) -> str:
@@ -94,15 +119,42 @@ class _Tasks:
         return task
 
 
+def assign_cells(pending: list[Cell], world: int) -> list[list[Cell]]:
+    """Each rank's cells: runs of cells that share features, dealt out as contiguous blocks of about equal size.
+
+    A run is the cells of one (backbone, dataset, shots, seed), i.e. the methods of one few-shot split, which
+    read the same cache entries; ``pending`` is in ``expand``'s order, so a block also keeps a dataset's
+    splits (and their shared test split) together on as few ranks as possible. Pure: every rank computes
+    the same answer from the same records.
+    """
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE must be at least 1, not {world}")
+    runs: dict[tuple, list[Cell]] = {}
+    for c in pending:
+        runs.setdefault((c.backbone.display, c.dataset, c.shots, c.seed), []).append(c)
+    shares: list[list[Cell]] = [[] for _ in range(world)]
+    rank, taken = 0, 0
+    for run in runs.values():
+        # the block of rank r ends once the cells dealt reach (r + 1) / world of the total
+        while rank < world - 1 and taken >= (rank + 1) * len(pending) / world:
+            rank += 1
+        shares[rank].extend(run)
+        taken += len(run)
+    return shares
+
+
 def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = True, inner_progress: bool = False,
               retry_failed: bool = True, redo_changed: bool = False,
-              on_cell_done: Callable[[Cell, dict], None] | None = None) -> BenchSummary:
+              on_cell_done: Callable[[Cell, dict], None] | None = None, group: Group | None = None) -> BenchSummary:
     """Run every cell of ``sweep`` that has no finished record in ``results_dir``.
 
-    ``on_cell_done(cell, record)`` is called after each record is written (progress hooks, tests).
+    ``group``: this process's place in a torchrun job (started; see ``cmd_bench``); it runs its share of the
+    cells (``assign_cells``), and the summary it returns covers every rank's cells. ``on_cell_done(cell,
+    record)`` is called after each record this process writes (progress hooks, tests).
     """
     from tqdm.auto import tqdm
 
+    group = group or Group()
     started = time.time()
     results_dir = Path(results_dir)
     cells = expand(sweep)
@@ -116,42 +168,74 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = T
     todo_states = {"todo", "changed"} | ({"failed"} if retry_failed else set())
     pending = [c for c in cells if status[c.name] in todo_states]
     summary = BenchSummary(results_dir, cells, skipped=[c.name for c in cells if status[c.name] == "done"])
-    write_json_atomic(results_dir / "sweep.json", {"sweep": sweep.to_dict(), "versions": versions()})
+    group.barrier()  # every rank has read the records' state before any rank writes one
+    mine = assign_cells(pending, group.world)[group.rank]
+    if group.rank == 0:
+        write_json_atomic(results_dir / "sweep.json", {"sweep": sweep.to_dict(), "versions": versions()})
+    where = {"rank": group.rank, "world": group.world, "host": socket.gethostname()}
 
     tasks = _Tasks(sweep.data_root)
     cache = make_cache(sweep.cache_dir)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"bench {sweep.protocol}", unit="cell",
-               disable=not progress, dynamic_ncols=True)
+    prefix = f"rank {group.rank}/{group.world}: " if group.world > 1 else ""
+    kill_after = kill_hook(group.rank, KILL_HOOK)
+    bar = tqdm(total=len(mine) if group.world > 1 else len(cells),
+               initial=0 if group.world > 1 else len(cells) - len(pending),
+               desc=f"bench {sweep.protocol}" + (f" (rank 0/{group.world})" if group.world > 1 else ""),
+               unit="cell", disable=not progress or group.rank != 0, dynamic_ncols=True)
     try:
         for spec in sweep.backbones:
-            mine = [c for c in pending if c.backbone == spec]
-            if not mine:
-                continue  # every cell of this backbone is finished: don't even load it
+            todo = [c for c in mine if c.backbone == spec]
+            if not todo:
+                continue  # none of this backbone's cells is ours to run: don't even load it
             bar.set_postfix_str(f"loading {spec.display}")
+            bcfg = spec.config()
+            bcfg = replace(bcfg, device=rank_device(bcfg.device, group))  # plain cuda: this rank's own GPU
             try:
-                backbone, load_error = load_backbone(spec.config()), None
+                backbone, load_error = load_backbone(bcfg), None
             except Exception as exc:  # noqa: BLE001 - each of its cells gets the error record
                 backbone, load_error = None, exc
             env = CellEnv(sweep, backbone, cache, tasks, progress=inner_progress)
-            for cell in mine:
+            for cell in todo:
                 bar.set_postfix_str(cell.name)
-                record = _run_cell(cell, env, results_dir, load_error)
+                record = _run_cell(cell, env, results_dir, load_error, where)
                 if record["status"] == "ok":
                     summary.ran.append(cell.name)
                 else:
                     summary.failed[cell.name] = record["error"]["message"]
-                    bar.write(f"taskres: cell {cell.name} failed: {record['error']['message']}")
+                    bar.write(f"taskres: {prefix}cell {cell.name} failed: {record['error']['message']}")
                 bar.update(1)
+                if kill_after is not None and len(summary.ran) + len(summary.failed) >= kill_after:
+                    os._exit(17)  # a hard kill: no cleanup, as with SIGKILL
                 if on_cell_done is not None:
                     on_cell_done(cell, record)
             del env, backbone
     finally:
         bar.close()
+    if group.world > 1:
+        group.barrier()  # every rank's records are on disk
+        summary.ran, summary.failed = _outcomes(results_dir, pending)
     summary.seconds = time.time() - started
     return summary
 
 
-def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception | None) -> dict:
+def _outcomes(results_dir: Path, cells: list[Cell]) -> tuple[list[str], dict[str, str]]:
+    """What the records on disk say of ``cells`` (the ranks' common view, read after the last barrier)."""
+    ran, failed = [], {}
+    for cell in cells:
+        try:
+            record = read_json(record_path(results_dir, cell))
+        except (OSError, ValueError):
+            failed[cell.name] = f"no readable record at {record_path(results_dir, cell)}"
+            continue
+        if record.get("status") == "ok":
+            ran.append(cell.name)
+        else:
+            failed[cell.name] = (record.get("error") or {}).get("message", "error record")
+    return ran, failed
+
+
+def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception | None,
+              where: dict | None = None) -> dict:
     """Run one cell and write its record (ok or error) atomically; never raises except on interruption."""
     sweep = env.sweep
     run_dir = run_path(results_dir, cell)
@@ -171,6 +255,7 @@ def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception
         "run_dir": str(run_dir.relative_to(results_dir)),
         "rerun_bench": bench_command(cell, sweep, results_dir / "reruns" / cell.name),
         "versions": versions(),
+        **(where or {"rank": 0, "world": 1, "host": socket.gethostname()}),  # who ran it
     }
     started = time.time()
     try:
@@ -303,16 +388,37 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args) -> int:
     sweep, missing = sweep_from_args(args)
     results_dir = Path(args.results_dir)
-    if missing:
+    group = Group.from_env()
+    if missing and group.rank == 0:
         print(f"bench: paper methods not available in this install, skipped: {', '.join(missing)}")
     if args.dry_run:
-        for cell in expand(sweep):
-            print(f"{cell_status(results_dir, cell, sweep):8s} {cell.name}")
+        if group.rank == 0:  # one list, with the rank each unfinished cell would go to
+            dry_run(sweep, results_dir, group.world, retry_failed=not args.keep_failed)
         return 0
-    summary = run_sweep(sweep, results_dir, progress=not args.quiet, inner_progress=args.verbose and not args.quiet,
-                        retry_failed=not args.keep_failed, redo_changed=args.redo_changed)
-    print_summary(summary)
+    group.start(torch.device("cpu"), args.dist_timeout)  # gloo: the ranks only wait for each other
+    try:
+        summary = run_sweep(sweep, results_dir, progress=not args.quiet,
+                            inner_progress=args.verbose and not args.quiet, retry_failed=not args.keep_failed,
+                            redo_changed=args.redo_changed, group=group)
+    finally:
+        group.close()
+    if group.rank == 0:
+        print_summary(summary)
     return 0 if summary.ok else 1
+
+
+def dry_run(sweep: SweepConfig, results_dir: Path, world: int = 1, retry_failed: bool = True,
+            echo: Callable[[str], None] = print) -> None:
+    cells = expand(sweep)
+    status = {c.name: cell_status(results_dir, c, sweep) for c in cells}
+    todo_states = {"todo", "changed"} | ({"failed"} if retry_failed else set())
+    owner = {}
+    if world > 1:
+        shares = assign_cells([c for c in cells if status[c.name] in todo_states], world)
+        owner = {c.name: r for r, share in enumerate(shares) for c in share}
+    for cell in cells:
+        who = f" (rank {owner[cell.name]})" if cell.name in owner else ""
+        echo(f"{status[cell.name]:8s} {cell.name}{who}")
 
 
 def register(subparsers) -> None:
@@ -328,7 +434,9 @@ def register(subparsers) -> None:
                    help="rerun cells whose record was made with other settings (default: stop)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="also show encoding and training progress inside cells")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S,
+                   help="under torchrun: seconds a rank may wait at a barrier for the slowest rank (default: a week)")
     p.set_defaults(func=cmd_bench)
 
 
-__all__ = ["BenchSummary", "PAPER_METHODS", "cell_status", "record_path", "run_path", "run_sweep", "print_summary"]
+__all__ = ["BenchSummary", "PAPER_METHODS", "assign_cells", "cell_status", "record_path", "run_path", "run_sweep", "print_summary"]

@@ -24,7 +24,8 @@ from .transforms import MAX_PIXELS_ENV, ImageError
 USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
                ValueError)
 # Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
-VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.export")
+VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.export",
+                "taskres.published")
 
 
 def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:

@@ -79,7 +79,7 @@ class ExtractResult:
 
 
 @dataclass
-class _Group:
+class Group:
     """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
 
     rank: int = 0
@@ -88,7 +88,7 @@ class _Group:
     local_world: int = 1
 
     @classmethod
-    def from_env(cls) -> "_Group":
+    def from_env(cls) -> "Group":
         env = os.environ
         try:
             return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
@@ -120,7 +120,7 @@ class _Group:
                 dist.destroy_process_group()
 
 
-def rank_device(device: str, group: _Group) -> str:
+def rank_device(device: str, group: Group) -> str:
     """Plain ``cuda`` means this rank's own GPU (LOCAL_RANK) under torchrun."""
     return f"cuda:{group.local_rank}" if device == "cuda" and group.world > 1 else device
 
@@ -155,8 +155,9 @@ def planned_views(cfg: ExtractConfig):
                 yield label, samples, view
 
 
-def _kill_hook(rank: int):
-    spec = os.environ.get(KILL_HOOK, "")
+def kill_hook(rank: int, variable: str = KILL_HOOK) -> int | None:
+    """Test hook: the COUNT of a "RANK:COUNT" in ``variable`` when RANK is ours (die after COUNT units)."""
+    spec = os.environ.get(variable, "")
     if not spec:
         return None
     who, count = (int(x) for x in spec.split(":"))
@@ -172,7 +173,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
                                ("--workers", cfg.num_workers, 0)):
         if value is not None and value < low:
             raise ValueError(f"{option} must be at least {low}, not {value}")
-    group = _Group.from_env()
+    group = Group.from_env()
     bcfg = replace(cfg.backbone, device=rank_device(cfg.backbone.device, group))
     if bcfg.device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(torch.device(bcfg.device))
@@ -183,7 +184,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
         group.close()
 
 
-def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> ExtractResult:
+def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: Group) -> ExtractResult:
     backbone = load_backbone(bcfg)
     cache = FeatureCache(cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(), cfg.shard_size,
                          cfg.store)
@@ -202,7 +203,7 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> Extract
     # the node's cores are shared between its ranks
     workers = loader_workers(rows, cfg.batch_size, cfg.num_workers, backbone.device.type,
                               max(1, (os.cpu_count() or 1) // group.local_world))
-    kill_after = _kill_hook(group.rank)
+    kill_after = kill_hook(group.rank)
     started = time.time()
     done = 0
     for _ in cache.encode(backbone, mine, batch_size=cfg.batch_size, num_workers=workers,

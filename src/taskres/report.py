@@ -7,6 +7,10 @@ shots on a log2 axis, one panel per dataset plus the average, one line per metho
 the source, each target and the target average; base-to-new the base, new and harmonic mean (CoCoOp's H:
 the harmonic mean of the mean base and mean new accuracies).
 
+Wherever a few-shot cell (or the 11-dataset average) has a published figure (``taskres.published``: same
+method, dataset and shots, a backbone of that name with OpenAI's weights), the report puts the figure and
+the difference beside it, and marks the cells more than 1 point away.
+
 Writes ``report.md``, ``report.csv``, ``report.json``, ``fewshot__<backbone>.png/.svg`` and ``report.html``
 (the tables and figures on one self-contained page, taskres.sweep_report) into ``RESULTS_DIR/report/`` (or
 ``--out``).
@@ -23,10 +27,12 @@ from pathlib import Path
 from .datasets import PAPER_DATASETS
 from .io import atomic_path, read_json, write_json_atomic
 from .protocols import PAPER_METHODS, harmonic_mean, safe_name
+from .published import AVERAGE, OFF_BY, PublishedIndex, load_published
 from .sweep_report import write_sweep_html
 
 FIGURE_FORMATS = ("png", "svg")
 MAX_FAILED_LISTED = 20
+OFF_MARK = "(!)"  # beside a result more than OFF_BY points from its published figure
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -95,7 +101,18 @@ def _sorted_rows(rows: list[dict], datasets_key: str = "dataset") -> list[dict]:
                                        methods.index(r["method"])))
 
 
-def summarise(records: list[dict], failed: list[dict] | None = None) -> Summary:
+def _beside_published(row: dict, figure) -> None:
+    """The published figure of a summary row, its source, our difference to it and whether it is off."""
+    row["published"] = figure.top1 if figure else None
+    row["published_source"] = figure.source if figure else None
+    diff = row["mean"] - figure.top1 if figure and row["mean"] is not None else None
+    row["difference"] = diff
+    row["off"] = diff is not None and abs(diff) > OFF_BY
+
+
+def summarise(records: list[dict], failed: list[dict] | None = None,
+              published: PublishedIndex | None = None) -> Summary:
+    """``published``: the figures to put beside the few-shot results (none when not given)."""
     out = Summary(failed=[{k: r.get(k) for k in ("name", "protocol")} | {"error": r.get("error", {}).get("message")}
                           for r in failed or []], num_records=len(records))
     by_protocol: dict[str, list[dict]] = {}
@@ -103,12 +120,16 @@ def summarise(records: list[dict], failed: list[dict] | None = None) -> Summary:
         by_protocol.setdefault(r["protocol"], []).append(r)
 
     # Few-shot: mean ± std over seeds, then the average over datasets.
+    configs: dict[str, dict | None] = {}  # backbone label -> its record's backbone_config (name, weights)
     for (bb, ds, m, k), group in _group(by_protocol.get("fewshot", []), ("backbone", "dataset", "method",
                                                                          "shots")).items():
         values = [g["scores"]["top1"] for g in group]
         mean, std = mean_std(values)
-        out.fewshot.append({"backbone": bb, "dataset": ds, "method": m, "shots": k, "seeds": [g["seed"] for g in group],
-                            "values": values, "mean": mean, "std": std})
+        row = {"backbone": bb, "dataset": ds, "method": m, "shots": k, "seeds": [g["seed"] for g in group],
+               "values": values, "mean": mean, "std": std}
+        configs[bb] = group[0].get("backbone_config")
+        _beside_published(row, published.find(m, configs[bb], ds, k) if published else None)
+        out.fewshot.append(row)
     out.fewshot = _sorted_rows(out.fewshot)
     for bb in dict.fromkeys(r["backbone"] for r in out.fewshot):
         out.datasets[bb] = _order([r["dataset"] for r in out.fewshot if r["backbone"] == bb], PAPER_DATASETS)
@@ -125,8 +146,12 @@ def summarise(records: list[dict], failed: list[dict] | None = None) -> Summary:
             per_seed = [sum(r["values"][i] for r in rows) / len(rows) for i in range(len(rows[0]["values"]))]
             std = mean_std(per_seed)[1]
         names = [r["dataset"] for r in rows]
-        out.fewshot_average.append({"backbone": bb, "method": m, "shots": k, "datasets": names, "mean": mean,
-                                    "std": std, "complete": len(names) == len(out.datasets[bb])})
+        row = {"backbone": bb, "method": m, "shots": k, "datasets": names, "mean": mean, "std": std,
+               "complete": len(names) == len(out.datasets[bb])}
+        # a published average is over the paper's 11 datasets: only the same 11 stand beside it
+        paper = sorted(names) == sorted(PAPER_DATASETS)
+        _beside_published(row, published.find(m, configs[bb], AVERAGE, k) if published and paper else None)
+        out.fewshot_average.append(row)
     out.fewshot_average = _sorted_rows(out.fewshot_average, "backbone")
 
     # Domain generalisation: the source and every target, per method.
@@ -165,8 +190,14 @@ def _hm(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else harmonic_mean(a, b)
 
 
-def summarise_records(results_dir: str | Path, only: set[str] | None = None) -> Summary:
-    return summarise(*load_records(results_dir, only))
+def summarise_records(results_dir: str | Path, only: set[str] | None = None,
+                      published: PublishedIndex | None = None) -> Summary:
+    return summarise(*load_records(results_dir, only), published=published)
+
+
+def published_index(table: str | Path | None = None) -> PublishedIndex:
+    """The shipped published figures (or those of ``table``), indexed by cell."""
+    return PublishedIndex(load_published(table))
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------
@@ -179,6 +210,29 @@ def _fmt(mean: float | None, std: float | None = None) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|",
             *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _off(row: dict) -> str:
+    return f" {OFF_MARK}" if row.get("off") else ""
+
+
+def _published_table(backbone: str, rows: list[dict]) -> list[str]:
+    """Our results beside the published figures, for the cells that have one; sources numbered below."""
+    rows = [r for r in rows if r.get("published") is not None]
+    if not rows:
+        return []
+    rows = sorted(rows, key=lambda r: (r["dataset"] == AVERAGE, r["shots"]))
+    sources = list(dict.fromkeys(r["published_source"] for r in rows))
+    body = [[r["dataset"], r["method"], str(r["shots"]), _fmt(r["mean"], r["std"]), f"{r['published']:.2f}",
+             "–" if r["difference"] is None else f"{r['difference']:+.2f}" + _off(r),
+             f"[{sources.index(r['published_source']) + 1}]"] for r in rows]
+    off = sum(bool(r["off"]) for r in rows)
+    return [f"### Beside the published figures, {backbone}", "",
+            f"Difference = ours - published; {OFF_MARK}: more than {OFF_BY:g} point away ({off} of {len(rows)} "
+            "cells). Published figures are single numbers from their sources (their seeds and protocol, which "
+            "may differ from this sweep's).", "",
+            *_table(["dataset", "method", "shots", "ours", "published", "difference", "source"], body), "",
+            *(f"[{i}] {src}" for i, src in enumerate(sources, start=1)), ""]
 
 
 def average_label(n: int) -> str:
@@ -200,18 +254,19 @@ def render_markdown(s: Summary) -> str:
             cells = {(r["dataset"], r["method"]): r for r in rows if r["shots"] == k}
             body = []
             for m in methods:
-                line = [m] + [_fmt(cells[(d, m)]["mean"], cells[(d, m)]["std"]) if (d, m) in cells else "–"
-                              for d in datasets]
+                line = [m] + [_fmt(cells[(d, m)]["mean"], cells[(d, m)]["std"]) + _off(cells[(d, m)])
+                              if (d, m) in cells else "–" for d in datasets]
                 a = avgs.get((m, k))
                 mark = "" if a is None or a["complete"] else "*"
                 partial |= bool(mark)
-                line.append(_fmt(a["mean"], a["std"]) + mark if a else "–")
+                line.append(_fmt(a["mean"], a["std"]) + mark + _off(a) if a else "–")
                 body.append(line)
             lines += [f"**{k} shot{'s' if k > 1 else ''}**", ""]
             lines += _table(["method", *datasets, average_label(len(datasets))], body) + [""]
         if partial:
             lines += ["\\* averaged over fewer datasets (those with results for this method and shot count; see "
                       "report.json).", ""]
+        lines += _published_table(bb, rows + [{**a, "dataset": AVERAGE} for a in avgs.values()])
     for bb in dict.fromkeys(r["backbone"] for r in s.domain):
         rows = [r for r in s.domain if r["backbone"] == bb]
         for (ds, k) in dict.fromkeys((r["dataset"], r["shots"]) for r in rows):
@@ -244,7 +299,7 @@ def render_markdown(s: Summary) -> str:
 
 # -- CSV ----------------------------------------------------------------------------------------------------
 CSV_COLUMNS = ("protocol", "backbone", "dataset", "method", "shots", "metric", "mean", "std", "n_seeds", "seeds",
-               "note")
+               "note", "published", "difference", "published_source")
 
 
 def csv_rows(s: Summary) -> list[dict]:
@@ -252,11 +307,12 @@ def csv_rows(s: Summary) -> list[dict]:
     for r in s.fewshot:
         rows.append({"protocol": "fewshot", "backbone": r["backbone"], "dataset": r["dataset"], "method": r["method"],
                      "shots": r["shots"], "metric": "top1", "mean": r["mean"], "std": r["std"],
-                     "n_seeds": len(r["seeds"]), "seeds": " ".join(map(str, r["seeds"])), "note": ""})
+                     "n_seeds": len(r["seeds"]), "seeds": " ".join(map(str, r["seeds"])), "note": "",
+                     **_published_columns(r)})
     for a in s.fewshot_average:
         rows.append({"protocol": "fewshot", "backbone": a["backbone"], "dataset": "average", "method": a["method"],
                      "shots": a["shots"], "metric": "top1", "mean": a["mean"], "std": a["std"], "n_seeds": "",
-                     "seeds": "", "note": "average over " + " ".join(a["datasets"])})
+                     "seeds": "", "note": "average over " + " ".join(a["datasets"]), **_published_columns(a)})
     for r in s.domain:
         for c in r["columns"]:
             rows.append({"protocol": "domain", "backbone": r["backbone"], "dataset": r["dataset"],
@@ -276,6 +332,11 @@ def csv_rows(s: Summary) -> list[dict]:
                          "method": a["method"], "shots": a["shots"], "metric": part, "mean": a[part], "std": None,
                          "n_seeds": "", "seeds": "", "note": "average over " + " ".join(a["datasets"])})
     return rows
+
+
+def _published_columns(row: dict) -> dict:
+    return {"published": row.get("published"), "difference": row.get("difference"),
+            "published_source": row.get("published_source")}
 
 
 def write_csv(s: Summary, path: Path) -> None:
@@ -368,11 +429,17 @@ class ReportResult:
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None, formats=FIGURE_FORMATS,
-                 figures: bool = True, only: set[str] | None = None) -> ReportResult:
-    """Tables and figures of the records in ``results_dir`` (only those named in ``only``, if given)."""
+                 figures: bool = True, only: set[str] | None = None,
+                 published: str | Path | bool | None = True) -> ReportResult:
+    """Tables and figures of the records in ``results_dir`` (only those named in ``only``, if given).
+
+    ``published``: True for the shipped published figures beside the results, a path for another table in
+    the same format, False/None for none.
+    """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir else results_dir / "report"
-    summary = summarise_records(results_dir, only)
+    index = published_index(None if published is True else published) if published else None
+    summary = summarise_records(results_dir, only, published=index)
     markdown = render_markdown(summary)
     files = []
     with atomic_path(out_dir / "report.md") as tmp:
@@ -395,7 +462,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
 
 
 def cmd_report(args) -> int:
-    result = write_report(args.results_dir, args.out, formats=tuple(args.format), figures=not args.no_figure)
+    published = False if args.no_published else (args.published or True)
+    result = write_report(args.results_dir, args.out, formats=tuple(args.format), figures=not args.no_figure,
+                          published=published)
     if not result.summary.num_records and not result.summary.failed:
         print(f"report: no records in {Path(args.results_dir) / 'records'}")
     print(result.markdown.rstrip())
@@ -411,4 +480,7 @@ def register(subparsers) -> None:
     p.add_argument("--format", nargs="+", default=list(FIGURE_FORMATS), choices=["png", "svg", "pdf"],
                    help="figure formats (default: png svg)")
     p.add_argument("--no-figure", action="store_true", help="tables only")
+    p.add_argument("--published", default=None, metavar="TABLE.csv",
+                   help="published figures to compare with (default: the shipped table; see taskres published)")
+    p.add_argument("--no-published", action="store_true", help="no published column")
     p.set_defaults(func=cmd_report)
