@@ -19,8 +19,7 @@ import torch
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, class_rows, load_classifier, save_classifier)
 from .datasets import FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
-from .features import (CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir,
-                       valid_rows)
+from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import read_json, write_json_atomic
 from .methods import FitContext, get_method
 from .transforms import load_image
@@ -47,6 +46,7 @@ class FitConfig:
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
+    verify_cache: str | None = None  # "full" | "none" (see FeatureCache); None: $TASKRES_VERIFY_CACHE or "full"
     out: str | None = None  # run folder
     split_file: str | None = None  # reuse an exact few-shot split (a run's splits.json)
     batch_size: int = 128  # encoding batch size
@@ -83,10 +83,10 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def make_cache(cache_dir: str | None) -> FeatureCache:
+def make_cache(cache_dir: str | None, verify: str | None = None) -> FeatureCache:
     if cache_dir == "":
-        return FeatureCache(None)
-    return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
+        return FeatureCache(None, verify=verify)
+    return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), verify=verify)
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -113,10 +113,10 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
     samples = split.train
     if cfg.regime == "online":
         if cfg.skip_bad_images:  # find unreadable files once, so training never meets them
-            feats = cache.features(backbone, samples, View(), batch_size=cfg.batch_size,
-                                   num_workers=cfg.num_workers, skip_bad=True, progress=cfg.progress,
-                                   desc="checking train images")
-            samples = [s for s, ok in zip(samples, valid_rows(feats).tolist()) if ok]
+            found = cache.encoded(backbone, samples, View(), batch_size=cfg.batch_size,
+                                  num_workers=cfg.num_workers, skip_bad=True, progress=cfg.progress,
+                                  desc="checking train images")
+            samples = [s for s, ok in zip(samples, found.valid.tolist()) if ok]
         return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=cfg.augment)
     if cfg.views < 1:
         raise ValueError(f"--views must be at least 1, not {cfg.views}")
@@ -127,20 +127,19 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
                                desc=f"encoding train view {i + 1}/{len(view_list)}")
                   for i, v in enumerate(view_list)]
         return MappedViews(mapped, _labels(samples), seed=cfg.seed)
-    views = torch.stack([
-        cache.features(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                       skip_bad=cfg.skip_bad_images, progress=cfg.progress,
-                       desc=f"encoding train view {i + 1}/{len(view_list)}")
-        for i, v in enumerate(view_list)])
-    ok = ~torch.isnan(views).any(dim=2).any(dim=0)
+    encoded = [cache.encoded(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                             skip_bad=cfg.skip_bad_images, progress=cfg.progress,
+                             desc=f"encoding train view {i + 1}/{len(view_list)}")
+               for i, v in enumerate(view_list)]
+    ok = torch.stack([e.valid for e in encoded]).all(dim=0)  # an image bad in any view is left out
+    views = torch.stack([e.features for e in encoded])
     return CachedViews(views[:, ok], _labels(samples)[ok], seed=cfg.seed)
 
 
 def encode_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, samples, desc: str):
-    feats = cache.features(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                           skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
-    ok = valid_rows(feats)
-    return feats[ok], _labels(samples)[ok]
+    found = cache.encoded(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
+    return found.features[found.valid], _labels(samples)[found.valid]
 
 
 def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
@@ -164,7 +163,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     method = get_method(cfg.method, cfg.method_params)
     task = task or load_dataset(cfg.dataset, cfg.data_root)
     backbone = backbone or load_backbone(cfg.backbone)
-    cache = cache or make_cache(cfg.cache_dir)
+    cache = cache or make_cache(cfg.cache_dir, cfg.verify_cache)
     for name in cfg.eval_splits:
         task.split(name)  # unknown split names fail before any work
     split = (load_split(Path(cfg.split_file)) if cfg.split_file else
@@ -256,7 +255,7 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
              split: str = "test", backbone_cfg: BackboneConfig | None = None, cache_dir: str | None = None,
              batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
              progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None,
-             device: str | None = None, precision: str | None = None) -> dict:
+             device: str | None = None, precision: str | None = None, verify_cache: str | None = None) -> dict:
     """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows.
 
     ``device`` / ``precision`` override those of the run's backbone (see ``_classifier_and_backbone``)."""
@@ -266,7 +265,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
     rows = class_rows(clf, task.classnames, task.class_ids)
     cfg = FitConfig(batch_size=batch_size, num_workers=num_workers, skip_bad_images=skip_bad_images,
                     progress=progress, cache_dir=cache_dir)
-    feats, labels = encode_split(cfg, backbone, make_cache(cache_dir), task.split(split), f"encoding {split}")
+    feats, labels = encode_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
+                                 f"encoding {split}")
     with torch.no_grad():
         logits = clf(feats)
     if rows is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -58,6 +59,7 @@ class ExtractConfig:
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features
     shard_size: int = DEFAULT_SHARD_SIZE
     store: str = "fp32"  # fp32 | fp16 (fp16 entries are separate; ``fit`` reads fp32 ones)
+    verify_cache: str | None = None  # how kept shards are checked (FeatureCache's ``verify``)
     batch_size: int = 128
     num_workers: int | None = None
     skip_bad_images: bool = False
@@ -167,7 +169,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
 def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> ExtractResult:
     backbone = load_backbone(bcfg)
     cache = FeatureCache(cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(), cfg.shard_size,
-                         cfg.store)
+                         cfg.store, verify=cfg.verify_cache)
     entries, labels = [], []
     for label, samples, view in planned_views(cfg):
         entry = cache.entry(backbone, samples, view)
@@ -200,8 +202,8 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> Extract
     if group.rank == 0:
         for entry, label in zip(entries, labels):
             feats = cache.finish(entry, backbone, clean_temp=True) if entry in todo else cache.open(entry)
-            bad = len(feats.bad_rows)
-            note = f", {bad} unreadable image(s) skipped" if bad else ""
+            kinds = Counter(b.kind for b in feats.bad)  # unreadable / non-finite
+            note = "".join(f", {c} {kind} image(s) skipped" for kind, c in sorted(kinds.items()))
             print(f"{label}: {entry.n} images x {feats.dim} ({entry.store}) in {entry.directory}{note}", flush=True)
         print(f"cache filled: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total_shards} shard(s), "
               f"{total_shards - len(work)} were already cached", flush=True)
@@ -214,7 +216,8 @@ def cmd_extract(args) -> int:
         shots=args.shots, seed=args.seed, views=args.views, augment=not args.no_augment,
         allow_fewer_shots=args.allow_fewer_shots, backbone=backbone_config(args), cache_dir=args.cache_dir,
         shard_size=args.shard_size, store=args.store, batch_size=args.batch_size, num_workers=args.workers,
-        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout)
+        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout,
+        verify_cache=args.verify_cache)
     extract(cfg)
     return 0
 
