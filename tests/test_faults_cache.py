@@ -295,3 +295,74 @@ def test_non_finite_features_through_the_command_line(class_folder, tmp_path, mo
     warned = captured.err + caplog.text
     assert "skipped 1 image(s) with non-finite features" in warned and victim in warned
     assert f"({len(load_dataset(str(class_folder)).test) - 1} images)" in captured.out
+
+
+def test_a_writer_killed_between_record_and_shard_leaves_a_missing_shard(undamaged, tiny_backbone, tmp_path, caplog):
+    root0, entries, *_ = undamaged
+    root = tmp_path / "cache"
+    shutil.copytree(root0, root)
+    cache = FeatureCache(root, shard_size=SHARD)
+    entry = cache.entry(tiny_backbone, entries["test"].paths)
+    entry.index_path.unlink()
+    entry.shard_path(2).unlink()  # its record was written, the shard's rename never happened
+    with caplog.at_level("WARNING", logger="taskres"):
+        assert cache.missing_shards(entry) == [2]
+        feats = cache.features(tiny_backbone, samples_of(entries), progress=False)
+    assert cache_warnings(caplog) == []  # the normal state of a resumed run: nothing to report
+    assert torch.equal(feats, FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor())
+
+
+def test_an_entry_written_before_check_records_is_encoded_again(undamaged, tiny_backbone, tmp_path, caplog):
+    root0, entries, *_ = undamaged
+    root = tmp_path / "cache"
+    shutil.copytree(root0, root)
+    cache = FeatureCache(root, shard_size=SHARD)
+    entry = cache.entry(tiny_backbone, entries["test"].paths)
+    index = json.loads(entry.index_path.read_text())
+    old = {k: v for k, v in index.items() if k not in ("format", "checks")}
+    entry.index_path.write_text(json.dumps({**old, "bad_rows": []}))
+    for record in entry.directory.glob("*.check.json"):
+        record.unlink()
+    counting = CountingBackbone(tiny_backbone)
+    with caplog.at_level("WARNING", logger="taskres"):
+        feats = cache.features(counting, samples_of(entries), progress=False)
+    lines = cache_warnings(caplog)
+    assert len(lines) == 1 and "predates content checks" in lines[0] and str(entry.directory) in lines[0]
+    assert counting.count == entry.n
+    assert torch.equal(feats, FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor())
+
+
+def _fit_in_child(class_folder, root, out, backbone, barrier, log_file):
+    import logging
+
+    logging.basicConfig(filename=log_file, level=logging.WARNING, force=True)
+    barrier.wait()  # both processes find the cache empty and encode the same shards at the same time
+    fit(fit_config(class_folder, root, out=str(out)), backbone=backbone, cache=FeatureCache(root, shard_size=SHARD))
+
+
+def test_two_fits_at_once_share_one_cache(class_folder, tiny_backbone, tmp_path):
+    """Two processes encode the same shards at once: both succeed alike, without a word, and the cache checks out."""
+    import multiprocessing
+
+    from taskres.classifier import load_classifier
+    from taskres.features.shards import check_shard
+
+    ctx = multiprocessing.get_context("fork")  # the parent's imports and tiny model: no start-up cost
+    root, barrier = tmp_path / "cache", ctx.Barrier(2)
+    procs = [ctx.Process(target=_fit_in_child, args=(class_folder, root, tmp_path / f"run{i}", tiny_backbone, barrier,
+                                                     tmp_path / f"log{i}")) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert all("feature cache" not in (tmp_path / f"log{i}").read_text() for i in range(2) if (tmp_path / f"log{i}").exists())
+    a, b = (load_classifier(tmp_path / f"run{i}").tensors() for i in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    indexes = list(root.rglob("index.json"))
+    assert len(indexes) == 4  # train views 1 and 2, val, test
+    for index in indexes:
+        record = json.loads(index.read_text())
+        for name, check in zip(record["shards"], record["checks"]):
+            assert check_shard(index.parent / name, check, full=True) is None
+    assert not list(root.rglob("*.tmp"))
