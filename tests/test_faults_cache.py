@@ -366,3 +366,22 @@ def test_two_fits_at_once_share_one_cache(class_folder, tiny_backbone, tmp_path)
         for name, check in zip(record["shards"], record["checks"]):
             assert check_shard(index.parent / name, check, full=True) is None
     assert not list(root.rglob("*.tmp"))
+
+
+def test_extract_names_and_re_encodes_a_damaged_shard(class_folder, tmp_path, capsys, caplog):
+    from conftest import TINY_MODEL
+
+    root = tmp_path / "cache"
+    args = ["extract", "--dataset", str(class_folder), "--backbone", TINY_MODEL, "--pretrained", "none",
+            "--shard-size", str(SHARD), "--split", "test", "--cache-dir", str(root), "--quiet"]
+    assert main(args) == 0
+    shard = sorted(root.rglob("shard-00001.npy"))[0]
+    before = shard.read_bytes()
+    random_256(shard)
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="taskres"):
+        assert main(args) == 0
+    assert "encoded 1 shard(s)" in capsys.readouterr().out
+    lines = cache_warnings(caplog)
+    assert len(lines) == 1 and str(shard) in lines[0]
+    assert shard.read_bytes() == before

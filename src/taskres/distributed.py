@@ -10,8 +10,9 @@ Several, on one node or many (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT; 
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         -m taskres extract ...      # --cache-dir must then be a filesystem every node shares
 
-Work is cut by cache shard. Every rank lists the shards still missing over all the entries asked for; after
-a barrier (so that all ranks saw the same list) item j of that list goes to rank j % world, which on a fresh
+Work is cut by cache shard. Rank 0 first checks what is already cached (a damaged shard is named and
+removed); then every rank lists the shards still missing over all the entries asked for; after a barrier
+(so that all ranks saw the same list) item j of that list goes to rank j % world, which on a fresh
 run is shard i -> rank i % world, and after a crash spreads the leftovers over all ranks. Each rank writes
 its own shards (atomically); after a second barrier rank 0 checks that every shard is there and writes each
 entry's index. A shard's rows do not depend on which process encoded it (batches are cut from the shard's
@@ -176,8 +177,15 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> Extract
         if all(e.key != entry.key for e in entries):  # e.g. a split named twice
             entries.append(entry)
             labels.append(label)
-    todo = [e for e in entries if cache.open(e) is None]
-    work = [(e, i) for e in todo for i in cache.missing_shards(e)]
+    if group.rank == 0:  # one process checks what is cached (removing damaged shards), so all ranks list alike
+        for e in entries:
+            if cache.open(e) is None:
+                cache.missing_shards(e)
+    group.barrier()
+    # checked in full just now: listing needs the headers and sizes only
+    listing = FeatureCache(cache.root, cfg.shard_size, cfg.store, verify="none")
+    todo = [e for e in entries if listing.open(e) is None]
+    work = [(e, i) for e in todo for i in listing.missing_shards(e)]
     total_shards = sum(e.num_shards for e in entries)
     group.barrier()  # every rank has listed the missing shards before any rank writes one
     mine = work[group.rank::group.world]
@@ -201,7 +209,7 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> Extract
     group.barrier()  # every rank's shards are on disk
     if group.rank == 0:
         for entry, label in zip(entries, labels):
-            feats = cache.finish(entry, backbone, clean_temp=True) if entry in todo else cache.open(entry)
+            feats = cache.finish(entry, backbone, clean_temp=True) if entry in todo else listing.open(entry)
             kinds = Counter(b.kind for b in feats.bad)  # unreadable / non-finite
             note = "".join(f", {c} {kind} image(s) skipped" for kind, c in sorted(kinds.items()))
             print(f"{label}: {entry.n} images x {feats.dim} ({entry.store}) in {entry.directory}{note}", flush=True)

@@ -111,7 +111,7 @@ class FeatureCache:
         if failed:
             for f, why in failed:
                 self._discard(f, why)
-            entry.index_path.unlink(missing_ok=True)
+            _remove(entry.index_path, "the index of an entry with a damaged shard")
             return None
         return CachedFeatures(files, [BadRow(**b) for rec in index["checks"] for b in rec["bad"]])
 
@@ -126,7 +126,7 @@ class FeatureCache:
         if "format" not in index and "checks" not in index and "shards" in index:
             # written before shards had check records: nothing vouches for its rows
             log.warning("feature cache entry %s predates content checks; it is encoded again", entry.directory)
-            entry.index_path.unlink(missing_ok=True)
+            _remove(entry.index_path, "an index from before check records")
             return None
         why = _index_problem(index, entry)
         return self._drop_index(entry, why) if why else index
@@ -134,14 +134,14 @@ class FeatureCache:
     def _drop_index(self, entry: CacheEntry, why: str) -> None:
         log.warning("feature cache index %s is damaged (%s); rebuilt from the entry's checked shards",
                     entry.index_path, why)
-        entry.index_path.unlink(missing_ok=True)
+        _remove(entry.index_path, f"a damaged index ({why})")
         return None
 
     @staticmethod
     def _discard(shard: Path, why: str) -> None:
         log.warning("feature cache shard %s failed its check: %s; removed and encoded again", shard, why)
-        shard.unlink(missing_ok=True)
-        check_path(shard).unlink(missing_ok=True)
+        _remove(shard, f"a damaged shard ({why})")
+        _remove(check_path(shard), "the record of a damaged shard")
 
     def missing_shards(self, entry: CacheEntry, *, full: bool | None = None) -> list[int]:
         """Shards of ``entry`` without a finished file that passes its check (``full``: default per ``verify``).
@@ -335,6 +335,14 @@ class FeatureCache:
         if len(bad) > unreadable:
             counts.append(f"{len(bad) - unreadable} image(s) with non-finite features")
         log.warning("skipped %s, e.g. %s", " and ".join(counts), bad[0].message)
+
+
+def _remove(path: Path, what: str) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or foreign cache: say what to do instead of a traceback
+        raise ValueError(f"cannot remove {what}: {path} ({exc.strerror or type(exc).__name__}); delete the "
+                         f"entry folder {path.parent} by hand, or use another --cache-dir") from None
 
 
 def _bad_in_batch(rows: np.ndarray, ok: np.ndarray, errors: list[str], paths: list[str], lo: int) -> list[BadRow]:
