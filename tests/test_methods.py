@@ -418,3 +418,21 @@ def test_classifier_module_imports_no_method_and_new_kinds_register_themselves(t
             type("Other", (Classifier,), {"kind": "test_scaled"})
     finally:
         CLASSIFIERS.pop("test_scaled", None)
+
+
+def test_text_tower_runs_the_causal_prefix_only_and_gives_the_full_length_features(tiny_backbone):
+    from taskres.methods.text_encoder import TextTower
+
+    tower = TextTower(tiny_backbone)
+    texts = ["a photo of a red thing.", "x", "a longer prompt with several more words in it"]
+    tokens = tower.tokenize(texts)
+    assert tower.causal and tower._needed_length(tokens) < tokens.shape[1]  # padding is skipped
+    with torch.no_grad():
+        embedded = tower.embed(tokens)
+        short = tower.pooled(embedded, tokens, prefix_only=True)
+        full = tower.pooled(embedded, tokens)
+    torch.testing.assert_close(short, full, rtol=0, atol=1e-5)
+    tower.causal = False  # a mask that is not causal: every position is needed
+    assert tower._needed_length(tokens) == tokens.shape[1]
+    assert not TextTower._is_causal(torch.zeros(4, 4)) and TextTower._is_causal(
+        torch.full((4, 4), float("-inf")).triu(1))
