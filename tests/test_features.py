@@ -51,7 +51,8 @@ def test_killed_extraction_resumes_without_redoing_finished_shards(tiny_backbone
         cache.features(killed, samples, batch_size=8, progress=False)
     key = entry_key(tiny_backbone, [s.path for s in samples], View())
     entry = cache.entry_dir(key)
-    assert sorted(p.name for p in entry.iterdir()) == ["shard-00000.npy"]  # no partial file, no index
+    # the finished shard and its check record; no partial file, no index
+    assert sorted(p.name for p in entry.iterdir()) == ["shard-00000.check.json", "shard-00000.npy"]
     resumed = CountingBackbone(tiny_backbone)
     feats = cache.features(resumed, samples, batch_size=8, progress=False)
     assert resumed.count == 16

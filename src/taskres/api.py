@@ -21,8 +21,7 @@ from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, class_rows, cosine_logits, load_classifier, save_classifier)
 from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split,
                        shots_used)
-from .features import (CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir,
-                       valid_rows)
+from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, get_method
 from .metrics import split_evaluation
@@ -54,6 +53,7 @@ class FitConfig:
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
+    verify_cache: str | None = None  # "full" | "none" (see FeatureCache); None: $TASKRES_VERIFY_CACHE or "full"
     out: str | None = None  # run folder, written beside it and renamed into place when complete
     overwrite: bool = False  # replace an existing run at ``out`` (else refused before any work)
     split_file: str | None = None  # reuse an exact few-shot split (a run's splits.json)
@@ -91,10 +91,10 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def make_cache(cache_dir: str | None) -> FeatureCache:
+def make_cache(cache_dir: str | None, verify: str | None = None) -> FeatureCache:
     if cache_dir == "":
-        return FeatureCache(None)
-    return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
+        return FeatureCache(None, verify=verify)
+    return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), verify=verify)
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -124,10 +124,10 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
     samples = split.train
     if cfg.regime == "online":
         if cfg.skip_bad_images:  # find unreadable files once, so training never meets them
-            feats = cache.features(backbone, samples, View(), batch_size=cfg.batch_size,
-                                   num_workers=cfg.num_workers, skip_bad=True, progress=cfg.progress,
-                                   desc="checking train images")
-            samples = [s for s, ok in zip(samples, valid_rows(feats).tolist()) if ok]
+            found = cache.encoded(backbone, samples, View(), batch_size=cfg.batch_size,
+                                  num_workers=cfg.num_workers, skip_bad=True, progress=cfg.progress,
+                                  desc="checking train images")
+            samples = [s for s, ok in zip(samples, found.valid.tolist()) if ok]
         return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=augmented(cfg, aug_scale), scale=aug_scale)
     if cfg.views < 1:
         raise ValueError(f"--views must be at least 1, not {cfg.views}")
@@ -139,12 +139,12 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
                                desc=f"encoding train view {i + 1}/{len(view_list)}")
                   for i, v in enumerate(view_list)]
         return MappedViews(mapped, _labels(samples), seed=cfg.seed)
-    views = torch.stack([
-        cache.features(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                       skip_bad=cfg.skip_bad_images, progress=cfg.progress,
-                       desc=f"encoding train view {i + 1}/{len(view_list)}")
-        for i, v in enumerate(view_list)])
-    ok = ~torch.isnan(views).any(dim=2).any(dim=0)
+    encoded = [cache.encoded(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                             skip_bad=cfg.skip_bad_images, progress=cfg.progress,
+                             desc=f"encoding train view {i + 1}/{len(view_list)}")
+               for i, v in enumerate(view_list)]
+    ok = torch.stack([e.valid for e in encoded]).all(dim=0)  # an image bad in any view is left out
+    views = torch.stack([e.features for e in encoded])
     return CachedViews(views[:, ok], _labels(samples)[ok], seed=cfg.seed)
 
 
@@ -153,10 +153,9 @@ def augmented(cfg: FitConfig, aug_scale) -> bool:
 
 
 def encode_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, samples, desc: str):
-    feats = cache.features(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                           skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
-    ok = valid_rows(feats)
-    return feats[ok], _labels(samples)[ok]
+    found = cache.encoded(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
+    return found.features[found.valid], _labels(samples)[found.valid]
 
 
 @dataclass
@@ -169,10 +168,11 @@ class EvalSet:
 
 
 def encode_eval_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, samples, desc: str) -> EvalSet:
-    feats = cache.features(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                           skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
-    ok = valid_rows(feats)
-    return EvalSet([s.path for s, keep in zip(samples, ok.tolist()) if keep], feats[ok], _labels(samples)[ok])
+    found = cache.encoded(backbone, samples, View(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          skip_bad=cfg.skip_bad_images, progress=cfg.progress, desc=desc)
+    ok = found.valid
+    return EvalSet([s.path for s, keep in zip(samples, ok.tolist()) if keep], found.features[ok],
+                   _labels(samples)[ok])
 
 
 def evaluate_split(classifier: Classifier, zero_shot: torch.Tensor, logit_scale: float, data: EvalSet,
@@ -281,7 +281,7 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         task.split(name)  # unknown split names fail before any work
     cfg, split = resolve_split(cfg, task)
     backbone = backbone or load_backbone(cfg.backbone)
-    cache = cache or make_cache(cfg.cache_dir)
+    cache = cache or make_cache(cfg.cache_dir, cfg.verify_cache)
     if work_dir is not None:
         write_json_atomic(work_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
         write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
@@ -371,7 +371,7 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
              split: str = "test", backbone_cfg: BackboneConfig | None = None, cache_dir: str | None = None,
              batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
              progress: bool = True, backbone: Backbone | None = None, task: TaskData | None = None,
-             device: str | None = None, precision: str | None = None) -> dict:
+             device: str | None = None, precision: str | None = None, verify_cache: str | None = None) -> dict:
     """Top-1 (and the metrics of taskres.metrics, with zero-shot beside) of a saved classifier on a dataset
     split; a class subset (ImageNet-A/R) uses its rows.
 
@@ -383,7 +383,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
                                              precision=precision)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
-    data = encode_eval_split(cfg, backbone, make_cache(cache_dir), task.split(split), f"encoding {split}")
+    data = encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
+                             f"encoding {split}")
     zero_shot = backbone.text_classifier(task.classnames, task.templates)  # t of the dataset's classes
     evaluation = evaluate_split(clf, zero_shot, backbone.logit_scale, data, task.classnames, rows)
     return {"dataset": task.name, "split": split, "top1": evaluation["method"]["top1"],

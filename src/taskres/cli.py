@@ -61,7 +61,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per encoder batch")
     p.add_argument("--workers", type=int, default=None, help="image decoding workers (default: automatic)")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable images with a warning and a count instead of stopping")
+                   help="skip images without usable features (unreadable, or NaN/inf out of the encoder) with "
+                        "a warning and a count instead of stopping")
+    p.add_argument("--verify-cache", default=None, choices=["full", "none"],
+                   help="check cached shards when read: full (header, size and content hash; default) or none "
+                        "(header and size only: changed bytes go unnoticed); default: $TASKRES_VERIFY_CACHE")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_image_limit_arg(p)
 
@@ -89,7 +93,8 @@ def cmd_fit(args) -> int:
         memory_map=args.memory_map, search_split=args.search_split, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
         eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
         batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
-        allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet)
+        allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet,
+        verify_cache=args.verify_cache)
     from .metrics import summary_lines
 
     result = fit(cfg)
@@ -109,7 +114,7 @@ def cmd_eval(args) -> int:
     res = evaluate(args.run, args.dataset, data_root=args.data_root, split=args.split,
                    backbone_cfg=backbone_config(args), cache_dir=args.cache_dir, batch_size=args.batch_size,
                    num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet,
-                   device=args.device, precision=args.precision)
+                   device=args.device, precision=args.precision, verify_cache=args.verify_cache)
     from .metrics import summary_lines
 
     subset = " (class subset)" if res["class_subset"] else ""

@@ -10,8 +10,9 @@ Several, on one node or many (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT; 
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         -m taskres extract ...      # --cache-dir must then be a filesystem every node shares
 
-Work is cut by cache shard. Every rank lists the shards still missing over all the entries asked for; after
-a barrier (so that all ranks saw the same list) item j of that list goes to rank j % world, which on a fresh
+Work is cut by cache shard. Rank 0 first checks what is already cached (a damaged shard is named and
+removed); then every rank lists the shards still missing over all the entries asked for; after a barrier
+(so that all ranks saw the same list) item j of that list goes to rank j % world, which on a fresh
 run is shard i -> rank i % world, and after a crash spreads the leftovers over all ranks. Each rank writes
 its own shards (atomically); after a second barrier rank 0 checks that every shard is there and writes each
 entry's index. A shard's rows do not depend on which process encoded it (batches are cut from the shard's
@@ -29,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -61,6 +63,7 @@ class ExtractConfig:
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features
     shard_size: int = DEFAULT_SHARD_SIZE
     store: str = "fp32"  # fp32 | fp16 (fp16 entries are separate; ``fit`` reads fp32 ones)
+    verify_cache: str | None = None  # how kept shards are checked (FeatureCache's ``verify``)
     batch_size: int = 128
     num_workers: int | None = None
     skip_bad_images: bool = False
@@ -187,15 +190,22 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
 def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: Group) -> ExtractResult:
     backbone = load_backbone(bcfg)
     cache = FeatureCache(cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(), cfg.shard_size,
-                         cfg.store)
+                         cfg.store, verify=cfg.verify_cache)
     entries, labels = [], []
     for label, samples, view in planned_views(cfg):
         entry = cache.entry(backbone, samples, view)
         if all(e.key != entry.key for e in entries):  # e.g. a split named twice
             entries.append(entry)
             labels.append(label)
-    todo = [e for e in entries if cache.open(e) is None]
-    work = [(e, i) for e in todo for i in cache.missing_shards(e)]
+    if group.rank == 0:  # one process checks what is cached (removing damaged shards), so all ranks list alike
+        for e in entries:
+            if cache.open(e) is None:
+                cache.missing_shards(e)
+    group.barrier()
+    # checked in full just now: listing needs the headers and sizes only
+    listing = FeatureCache(cache.root, cfg.shard_size, cfg.store, verify="none")
+    todo = [e for e in entries if listing.open(e) is None]
+    work = [(e, i) for e in todo for i in listing.missing_shards(e)]
     total_shards = sum(e.num_shards for e in entries)
     group.barrier()  # every rank has listed the missing shards before any rank writes one
     mine = work[group.rank::group.world]
@@ -219,9 +229,9 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: Group) -> ExtractR
     group.barrier()  # every rank's shards are on disk
     if group.rank == 0:
         for entry, label in zip(entries, labels):
-            feats = cache.finish(entry, backbone, clean_temp=True) if entry in todo else cache.open(entry)
-            bad = len(feats.bad_rows)
-            note = f", {bad} unreadable image(s) skipped" if bad else ""
+            feats = cache.finish(entry, backbone, clean_temp=True) if entry in todo else listing.open(entry)
+            kinds = Counter(b.kind for b in feats.bad)  # unreadable / non-finite
+            note = "".join(f", {c} {kind} image(s) skipped" for kind, c in sorted(kinds.items()))
             print(f"{label}: {entry.n} images x {feats.dim} ({entry.store}) in {entry.directory}{note}", flush=True)
         print(f"cache filled: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total_shards} shard(s), "
               f"{total_shards - len(work)} were already cached", flush=True)
@@ -235,7 +245,8 @@ def cmd_extract(args) -> int:
         search_split=args.search_split,
         allow_fewer_shots=args.allow_fewer_shots, backbone=backbone_config(args), cache_dir=args.cache_dir,
         shard_size=args.shard_size, store=args.store, batch_size=args.batch_size, num_workers=args.workers,
-        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout)
+        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout,
+        verify_cache=args.verify_cache)
     extract(cfg)
     return 0
 

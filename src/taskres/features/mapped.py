@@ -16,8 +16,8 @@ class MappedViews(_ViewChoice):
 
     Memory holds one batch, not [V, N, D], so the training set may be larger than RAM. The view each image
     shows in an epoch is drawn exactly as CachedViews draws it: the same cache and seed give the same
-    batches. ``labels`` are aligned with the cached rows; rows that are NaN in any view (unreadable
-    images) are dropped. ``device``: where batches (and labels) are delivered.
+    batches. ``labels`` are aligned with the cached rows; rows the cache records as bad in any view
+    (unreadable images, non-finite features) are dropped. ``device``: where batches (and labels) are delivered.
     """
 
     def __init__(self, views: Sequence[CachedFeatures], labels: torch.Tensor, seed: int = 0,

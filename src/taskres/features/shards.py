@@ -1,18 +1,30 @@
-"""The on-disk layout of one entry (shards of rows) and reading it back memory-mapped."""
+"""The on-disk layout of one entry (shards of rows), the checks that keep it honest, and memory-mapped reads.
+
+Every shard ``shard-NNNNN.npy`` has a check record (``shard-NNNNN.check.json``, copied into the entry's
+``index.json`` once the entry is complete): its rows, width, storage type, an xxh3-128 hash of its data
+bytes computed from the rows in memory when they were written, and the rows of its bad images with the
+reason. Reading checks a shard against its record: the header and the file size always (free: the header
+is a few bytes), the hash with ``verify="full"`` (reads the file once; BENCHMARKS.md has the cost).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+import xxhash
 
 from .keys import View
 
 DEFAULT_SHARD_SIZE = 2048
 STORE_DTYPES = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16)}
+VERIFY_MODES = ("full", "none")  # full: header, size and content hash; none: header and size only
+HASH = "xxh3_128"  # 17 GB/s on the 2-core test machine, blake2b 0.6 GB/s (BENCHMARKS.md)
 
 
 @dataclass(eq=False)
@@ -47,31 +59,108 @@ class CacheEntry:
         assert self.directory is not None
         return self.directory / self.shard_name(i)
 
+    def check_path(self, i: int) -> Path:
+        return check_path(self.shard_path(i))
+
     @property
     def index_path(self) -> Path:
         assert self.directory is not None
         return self.directory / "index.json"
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
-    """(shape, dtype) from an .npy header without reading the data; None when unreadable."""
+def check_path(shard: Path) -> Path:
+    return shard.with_name(shard.name[:-len(".npy")] + ".check.json")
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row whose image gave no usable features: ``kind`` "unreadable" or "non-finite"; ``message``
+    is one line naming the image and the reason."""
+
+    row: int
+    kind: str
+    message: str
+
+
+def content_hash(rows: np.ndarray) -> str:
+    """xxh3-128 of an array's data bytes (C order); the same for the rows in memory and their shard on disk."""
+    return xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(rows)).cast("B"))
+
+
+def shard_record(rows: np.ndarray, bad: Sequence[BadRow]) -> dict:
+    """The check record of a shard about to be written, from its rows in memory."""
+    return {"rows": int(rows.shape[0]), "dim": int(rows.shape[1]), "dtype": rows.dtype.name,
+            HASH: content_hash(rows), "bad": [asdict(b) for b in bad]}
+
+
+def read_record(path: Path) -> dict | None:
+    """A check record, or None when it is missing or not a well-formed record."""
     try:
-        with open(path, "rb") as fh:
-            major, _ = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(fh)
-        return tuple(shape), np.dtype(dtype)
+        rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return rec if valid_record(rec) else None
+
+
+def valid_record(rec) -> bool:
+    try:
+        return (isinstance(rec, dict) and int(rec["rows"]) >= 1 and int(rec["dim"]) >= 1
+                and rec["dtype"] in {d.name for d in STORE_DTYPES.values()} and isinstance(rec[HASH], str)
+                and all(isinstance(b, dict) and {"row", "kind", "message"} <= set(b) for b in rec["bad"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def check_shard(path: Path, record: dict, full: bool) -> str | None:
+    """Why ``path`` is not the shard ``record`` describes (None: it is).
+
+    The header is parsed without unpickling anything; the size check catches truncation and appended
+    bytes; ``full`` also hashes the data bytes. Never raises for a damaged file.
+    """
+    want_shape, want_dtype = (int(record["rows"]), int(record["dim"])), np.dtype(record["dtype"])
+    try:
+        with open(path, "rb") as fh:
+            try:
+                major, _ = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(fh)
+            except (ValueError, SyntaxError, TypeError, OverflowError):
+                return "its .npy header is unreadable"
+            offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        return "the file is missing"
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or type(exc).__name__})"
+    if dtype.hasobject:
+        return "it holds Python objects (pickled data), which are never loaded"
+    if tuple(shape) != want_shape or dtype != want_dtype or fortran:
+        order = ", Fortran order" if fortran else ""
+        return (f"its header says shape {tuple(shape)} {dtype}{order}, its record "
+                f"{want_shape} {want_dtype}")
+    expected = offset + want_shape[0] * want_shape[1] * want_dtype.itemsize
+    if size != expected:
+        return f"it is {size} bytes long, {expected} expected ({'truncated' if size < expected else 'extra bytes'})"
+    if full:
+        try:
+            data = np.memmap(path, dtype=want_dtype, mode="r", offset=offset, shape=want_shape)
+            digest = content_hash(data)
+            del data
+        except (OSError, ValueError) as exc:
+            return f"it cannot be read ({exc})"
+        if digest != record[HASH]:
+            return "its content hash differs from the one recorded when it was written (bytes changed)"
+    return None
 
 
 class CachedFeatures:
     """An entry's rows [N, D] as memory-mapped shards: nothing is read until rows are asked for.
 
     ``rows(idx)`` gathers any rows (float32, in the order asked); ``to_tensor()`` reads all of them.
+    ``bad``: the rows whose images gave no usable features (their rows are NaN), as the entry's index
+    records them; without a record (shards opened by hand) rows with any non-finite value count as bad.
     """
 
-    def __init__(self, files: Sequence[str | Path], bad_rows: Sequence[int] | None = None):
+    def __init__(self, files: Sequence[str | Path], bad: Sequence[BadRow] | None = None):
         self.files = [Path(f) for f in files]
         if not self.files:
             raise ValueError("a cache entry needs at least one shard")
@@ -81,7 +170,7 @@ class CachedFeatures:
                 raise ValueError(f"feature cache shard {f} has shape {a.shape} and type {a.dtype}, unlike "
                                  f"{self.files[0]}; delete the entry folder {f.parent} to rebuild it")
         self._starts = np.cumsum([0] + [len(a) for a in self._shards])
-        self._bad_rows = None if bad_rows is None else np.asarray(bad_rows, dtype=np.int64)
+        self._bad = None if bad is None else sorted(bad, key=lambda b: b.row)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -134,9 +223,21 @@ class CachedFeatures:
         return torch.from_numpy(out)
 
     @property
+    def bad(self) -> list[BadRow]:
+        if self._bad is None:  # no record: scan (reads every row once)
+            self._bad = [BadRow(int(r) + int(lo), "non-finite", f"non-finite features in cached row {int(r) + int(lo)}")
+                         for a, lo in zip(self._shards, self._starts)
+                         for r in np.flatnonzero(~np.isfinite(a).all(axis=1))]
+        return self._bad
+
+    @property
     def bad_rows(self) -> np.ndarray:
-        """Rows of images that could not be read (NaN rows)."""
-        if self._bad_rows is None:
-            self._bad_rows = np.concatenate([np.flatnonzero(np.isnan(a[:, 0])) + lo
-                                             for a, lo in zip(self._shards, self._starts)])
-        return self._bad_rows
+        """Rows of images that gave no usable features (unreadable, or non-finite features)."""
+        return np.array([b.row for b in self.bad], dtype=np.int64)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """Boolean mask [N]: False for the bad rows."""
+        ok = torch.ones(len(self), dtype=torch.bool)
+        ok[torch.from_numpy(self.bad_rows)] = False
+        return ok
