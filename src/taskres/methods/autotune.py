@@ -18,15 +18,16 @@ values (the paper's rule for this dataset and backbone) as one more candidate. W
 by the user, only the other is searched (lr = sigma r / alpha, or alpha = kappa r).
 
 Every candidate is trained with the full reference schedule (the same epochs, warm-up and seed as a fixed
-run), so the classifier kept is exactly what ``--set alpha=A --set lr=L`` with the chosen values gives; a
-shortened search schedule would favour larger learning rates than the full one. It costs (grid size + 1)
-fits on the cached features: about 1.5 s on the demo tasks, about 17 x 100 s at ImageNet 16-shot scale on
-2 CPU cores.
+run), so the classifier kept is exactly what ``--set alpha=A --set lr=L`` with the chosen values gives (a
+shorter search schedule would score a different problem: the cosine's total step shrinks with the epochs).
+It costs one fit per candidate (17 with both searched) on the cached features (in ``--regime online`` each
+fit re-encodes its images): 1.4-1.9 s for a demo task at 16 shots on 2 idle CPU cores; at ImageNet 16-shot
+scale, where one fp32 fit takes 95-110 s on 2 cores (BENCHMARKS.md), about half an hour.
 
 Selection: highest top-1 on ``ctx.val_features`` / ``ctx.val_labels`` (the few-shot validation split, never
 test, which a FitContext does not hold), ties broken by lower val cross-entropy, then by grid order (the
-reference values come first). Without a validation split the search refuses: its fallback would be the very
-defaults the user asked to replace, silently.
+reference values come first). Without a validation split the search refuses in one line: falling back would
+quietly give the very defaults the user asked to replace.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from .common import has_val
 log = logging.getLogger("taskres")
 AUTO = "auto"
 AUTO_FIELDS = ("alpha", "lr")
-# Chosen on the demo tasks' val/test images at 1/4/16 shots and at 0.1x / 1x / 10x text norms, where the
-# best test top-1 lay at kappa 0.1-3 and sigma 3e-3-1e-1 (BENCHMARKS.md, benchmarks/auto_hparams.py). The
-# paper's RN50 default (alpha 0.5, lr 2e-3) is kappa 0.5/r, sigma 1e-3/r, inside the grid for r near 0.3.
+# Set from a first look at the demo tasks (seeds 1-2; 1/4/16 shots; test top-1 over kappa 0.1-3 x sigma 1e-3-1e-1
+# at 0.1x/1x/10x text norms): the best lay at kappa 0.1-3 and sigma 3e-3-1e-1, and sigma 1e-3 never won. So the
+# demo-task figures in BENCHMARKS.md are not independent of the grid's range (they are of the selection). The
+# paper's RN50 pair (alpha 0.5, lr 2e-3) is kappa 0.5/r, sigma 1e-3/r: inside this grid for r in 0.17-0.33,
+# and a candidate of its own whatever r is.
 KAPPAS = (0.1, 0.3, 1.0, 3.0)
 SIGMAS = (3e-3, 1e-2, 3e-2, 1e-1)
 
