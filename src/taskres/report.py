@@ -53,6 +53,8 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     if not vals:
         return None, None
     mean = sum(vals) / len(vals)
+    if len(vals) < 2:  # one seed has no spread to report: no "± 0.00"
+        return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
 
 

@@ -64,10 +64,10 @@ def load_dataset(name: str, data_root: str | Path | None = None) -> TaskData:
             raise DatasetError(f"dataset {name!r} needs --data-root (the folder that holds the CoOp layout)")
         return DATASETS[key](Path(data_root))
     if name.startswith("mini-"):
-        from ..mini.tasks import DEMO_TASKS, load_demo_task
+        from ..mini.tasks import DEMO_TASKS, TUNING_TASKS, load_demo_task
 
-        if name not in DEMO_TASKS:
-            raise DatasetError(f"unknown demo task {name!r}; known: {', '.join(DEMO_TASKS)}")
+        if name not in DEMO_TASKS + TUNING_TASKS:
+            raise DatasetError(f"unknown demo task {name!r}; known: {', '.join(DEMO_TASKS + TUNING_TASKS)}")
         return load_demo_task(name, Path(data_root) if data_root else default_demo_root())
     path = Path(name)
     if not path.is_absolute() and data_root is not None and (Path(data_root) / name).is_dir():

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from ..classifier import CosineClassifier
+from ..classifier import CLASSIFIERS
 from .base import FitContext, Method, TrainingError, parse_overrides
-from .clip_adapter import AdapterClassifier, ClipAdapter
-from .common import LinearClassifier
-from .coop import CoOp, PromptClassifier
+from .clip_adapter import ClipAdapter
+from .coop import CoOp
 from .gda import GDA
 from .linear_probe import LinearProbe
 from .lpp import LPP
 from .taskres import TaskRes
 from .taskres_enhanced import TaskResEnhanced
-from .tip_adapter import CacheClassifier, TipAdapter, TipAdapterF
+from .tip_adapter import TipAdapter, TipAdapterF
 from .zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
@@ -29,14 +28,8 @@ METHODS: dict[str, type[Method]] = {
     "gda": GDA,
 }
 
-# Classifier kinds that load_classifier understands.
-CLASSIFIERS = {
-    CosineClassifier.kind: CosineClassifier,
-    LinearClassifier.kind: LinearClassifier,
-    AdapterClassifier.kind: AdapterClassifier,
-    CacheClassifier.kind: CacheClassifier,
-    PromptClassifier.kind: PromptClassifier,
-}
+# The classifier kinds that load_classifier understands register themselves (taskres.classifier.CLASSIFIERS)
+# as the method modules above define them; it is re-exported here for callers that look for it beside METHODS.
 
 
 def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
