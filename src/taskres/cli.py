@@ -103,6 +103,11 @@ def cmd_fit(args) -> int:
         print(f"{m['method']} on {m['dataset']} ({shots_text(m)}, seed {m['seed']}): {split} top-1 = {acc:.2f} "
               f"% ({m['num_images'][split]} images)")
         print("\n".join(summary_lines(m["evaluation"][split])))
+    search = m["hparams"].get("auto_search") if isinstance(m.get("hparams"), dict) else None
+    if search:
+        c = search["chosen"]
+        print(f"auto: alpha = {c['alpha']:.4g}, lr = {c['lr']:.4g} (best of {len(search['grid'])} on "
+              f"{search['val_images']} val images, val top-1 {c['val_top1']:.2f} %; grid in metrics.json)")
     if result.run_dir:
         print(f"wrote {result.run_dir}/classifier.safetensors, metrics.json, config.json, splits.json, report.html")
     return 0

@@ -106,6 +106,8 @@ def _convert(value, annotation, key):
     text = str(annotation)
     if value.lower() in ("none", "null") and "None" in text:
         return None
+    if value.strip().lower() == "auto" and "'auto'" in text.replace('"', "'"):
+        return "auto"  # a field annotated Literal["auto"] (TaskRes's alpha, lr): searched by the method
     try:
         if "bool" in text:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

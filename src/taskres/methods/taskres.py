@@ -11,11 +11,14 @@ Loss: cross-entropy. Regulariser: Adam's coupled weight decay 5e-4 on x (pulls x
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..classifier import CosineClassifier, logit_scale_exp
+from . import autotune
+from .autotune import check_auto_params
 from .base import FitContext, Method
 from .fused import available as fused_available
 from .training import Schedule, resolve_device, train_loop
@@ -25,8 +28,9 @@ RN50_NAMES = ("RN50", "RN50-quickgelu")  # one architecture: the -quickgelu name
 
 @dataclass
 class TaskResParams:
-    alpha: float | None = None  # None: the dataset's (0.5; 1.0 for Oxford Flowers)
-    lr: float | None = None  # None: 2e-3 for the 10 non-ImageNet datasets on RN50, else 2e-4
+    # "auto" (alpha, lr or both): searched on the few-shot val split, see methods/autotune.py
+    alpha: float | Literal["auto"] | None = None  # None: the dataset's (0.5; 1.0 for Oxford Flowers)
+    lr: float | Literal["auto"] | None = None  # None: 2e-3 for the 10 non-ImageNet datasets on RN50, else 2e-4
     epochs: int | None = None  # None: RN50: 100 (1/2/4 shots) or 200 (8/16 shots); other backbones 200
     batch_size: int = 256
     weight_decay: float = 5e-4
@@ -227,6 +231,12 @@ class TaskRes(Method):
 
     def fit(self, ctx: FitContext, base: torch.Tensor | None = None, on_step=None) -> CosineClassifier:
         params = self.resolved_params(ctx)
+        if check_auto_params(params):  # alpha and/or lr "auto": a grid of fixed-value fits, chosen on val
+            base = ctx.text_classifier if base is None else base
+            ref = reference_defaults(ctx.task_name, ctx.backbone_identity.get("model", ""), ctx.shots,
+                                     ctx.dataset_alpha, ctx.dataset_lr)
+            return autotune.search(ctx, params, base, lambda p, c: TaskRes(p).fit(c, base=base, on_step=on_step),
+                                   ref)
         check_products(params.products)
         device = (getattr(ctx.backbone, "device", None) or torch.device("cpu")) if params.device == "auto" \
             else resolve_device(params.device)
