@@ -83,7 +83,7 @@ def time_decode(backbone, samples, batch_size: int, workers: int) -> float:
     """Images/s of decoding + transform alone (the DataLoader the pipeline uses, no encoder)."""
     from torch.utils.data import DataLoader
 
-    from taskres.features import CacheEntry, _ShardBatches
+    from taskres.features.extract import CacheEntry, _ShardBatches
 
     entry = CacheEntry("bench", [s.path for s in samples], View(), len(samples), "fp32", None)
     specs = [(0, b, min(len(samples), b + batch_size)) for b in range(0, len(samples), batch_size)]

@@ -120,10 +120,11 @@ def test_corrupt_image_error_and_skip(tmp_path, capsys, caplog):
 def test_user_errors_are_one_line(class_folder, coop_root, tmp_path, capsys):
     assert "folder not found" in errors_of(fit_args("dtd", tmp_path / "r", "--data-root", str(tmp_path)), capsys)
     assert "fewer than --shots 50" in errors_of(fit_args(class_folder, tmp_path / "r", "--shots", "50"), capsys)
-    err = errors_of(["fit", "--dataset", str(class_folder), "--backbone", "RN50", "--pretrained",
+    err = errors_of(["fit", "--dataset", str(class_folder), "--shots", "2", "--backbone", "RN50", "--pretrained",
                      str(tmp_path / "missing.pt")], capsys)
     assert "checkpoint file not found" in err and "missing.pt" in err
-    assert "unknown backbone" in errors_of(["fit", "--dataset", str(class_folder), "--backbone", "NoSuchNet"], capsys)
+    assert "unknown backbone" in errors_of(["fit", "--dataset", str(class_folder), "--shots", "2", "--backbone",
+                                            "NoSuchNet"], capsys)
     assert "not a parameter" in errors_of(fit_args(class_folder, tmp_path / "r", "--set", "nope=1"), capsys)
     assert "classifier file not found" in errors_of(["eval", str(tmp_path / "none"), "--dataset",
                                                      str(class_folder)], capsys)

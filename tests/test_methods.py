@@ -1,4 +1,4 @@
-"""The comparison methods (linear probe, CoOp, CLIP-Adapter, Tip-Adapter(-F), TaskRes*, LP++, GDA).
+"""The comparison methods (linear probe, CoOp, CLIP-Adapter, Tip-Adapter(-F), TaskRes*, LP++, GDA, CLAP).
 
 Two generated tasks, both separable, both poor for zero-shot CLIP:
 - the text task, built from the tiny random text encoder: class c's image features are the text feature of
@@ -13,6 +13,7 @@ Two generated tasks, both separable, both poor for zero-shot CLIP:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,7 @@ FAST = {
                          "proj_lrs": [1e-3, 1e-2]},
     "lpp": {"epochs": 50},
     "gda": {},
+    "clap": {"epochs": 100},
 }
 OURS = sorted(FAST)
 FEATURE_TASK_METHODS = {"clip_adapter"}
@@ -343,6 +345,7 @@ CLI_SETTINGS = {
     "taskres_enhanced": ["epochs=2", "proj_epochs=2"],
     "lpp": ["epochs=5"],
     "gda": [],
+    "clap": ["epochs=2"],
 }
 
 
@@ -379,3 +382,59 @@ def test_logits_do_not_depend_on_the_feature_norm(task):
         clf = get_method(name, FAST[name]).fit(task.ctx)
         with torch.no_grad():
             torch.testing.assert_close(clf(task.test_x * 3.0), clf(task.test_x), rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_module_imports_no_method_and_new_kinds_register_themselves(tmp_path):
+    import ast
+
+    import taskres.classifier as classifier_module
+    from taskres.classifier import Classifier, ClassifierMeta, load_classifier, save_classifier
+
+    tree = ast.parse(Path(classifier_module.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.startswith("methods") or ".methods" in m], imported  # no import circle
+
+    class ScaledClassifier(Classifier):  # a kind of one's own, defined outside taskres
+        kind = "test_scaled"
+
+        def __init__(self, meta, weight):
+            super().__init__(meta)
+            self.register_buffer("weight", weight)
+
+        def forward(self, features):
+            return features @ self.weight.t()
+
+        def tensors(self):
+            return {"weight": self.weight}
+
+        @classmethod
+        def from_tensors(cls, tensors, meta, config):
+            return cls(meta, tensors["weight"])
+
+    try:
+        clf = ScaledClassifier(ClassifierMeta(["a", "b"], {"model": "m"}, "test"), torch.eye(2, 3))
+        save_classifier(clf, tmp_path / "c.safetensors")
+        loaded = load_classifier(tmp_path / "c.safetensors")
+        assert type(loaded) is ScaledClassifier and torch.equal(loaded.weight, clf.weight)
+        with pytest.raises(TypeError, match="test_scaled"):
+            type("Other", (Classifier,), {"kind": "test_scaled"})
+    finally:
+        CLASSIFIERS.pop("test_scaled", None)
+
+
+def test_text_tower_runs_the_causal_prefix_only_and_gives_the_full_length_features(tiny_backbone):
+    from taskres.methods.text_encoder import TextTower
+
+    tower = TextTower(tiny_backbone)
+    texts = ["a photo of a red thing.", "x", "a longer prompt with several more words in it"]
+    tokens = tower.tokenize(texts)
+    assert tower.causal and tower._needed_length(tokens) < tokens.shape[1]  # padding is skipped
+    with torch.no_grad():
+        embedded = tower.embed(tokens)
+        short = tower.pooled(embedded, tokens, prefix_only=True)
+        full = tower.pooled(embedded, tokens)
+    torch.testing.assert_close(short, full, rtol=0, atol=1e-5)
+    tower.causal = False  # a mask that is not causal: every position is needed
+    assert tower._needed_length(tokens) == tokens.shape[1]
+    assert not TextTower._is_causal(torch.zeros(4, 4)) and TextTower._is_causal(
+        torch.full((4, 4), float("-inf")).triu(1))

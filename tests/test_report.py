@@ -111,3 +111,11 @@ def test_report_without_records_fails_in_one_line(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("taskres: error:") and str(tmp_path) in err
+
+
+def test_one_seed_has_no_std_and_the_table_shows_no_spread():
+    from taskres.report import _fmt, mean_std
+
+    assert mean_std([71.5]) == (71.5, None)
+    assert mean_std([70.0, 72.0]) == (71.0, 1.0)
+    assert _fmt(*mean_std([71.5])) == "71.50"  # not "71.50 ± 0.00"

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,16 +19,19 @@ import torch
 
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, class_rows, load_classifier, save_classifier)
-from .datasets import FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
+from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split,
+                       shots_used)
 from .features import (CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir,
                        valid_rows)
-from .io import read_json, write_json_atomic
+from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, get_method
 from .transforms import load_image
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
 DEFAULT_VIEWS = 10
+DEFAULT_SHOTS, DEFAULT_SEED = 16, 1  # what fit uses when neither the config nor a split file says
+RUN_FILES = ("classifier.safetensors", "metrics.json", "config.json", "splits.json")
 
 
 @dataclass
@@ -38,16 +42,18 @@ class FitConfig:
     dataset: str = "mini-shapes"  # registered name, demo task (mini-*), or a folder of class folders
     data_root: str | None = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    shots: int = 16
-    seed: int = 1
+    shots: int | None = None  # K; None: the split file's, else 16. Given with split_file, it must agree
+    seed: int | None = None  # None: the split file's, else 1. Given with split_file, it must agree
     regime: str = "cached"  # "cached": train on cached augmented views | "online": fresh augmentation
     views: int = DEFAULT_VIEWS  # augmented views cached per training image (cached regime)
     augment: bool = True  # False: train on the test transform (one view)
     memory_map: bool = False  # cached regime: the views stay in the cache, memory-mapped (sets larger than RAM)
+    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
-    out: str | None = None  # run folder
+    out: str | None = None  # run folder, written beside it and renamed into place when complete
+    overwrite: bool = False  # replace an existing run at ``out`` (else refused before any work)
     split_file: str | None = None  # reuse an exact few-shot split (a run's splits.json)
     batch_size: int = 128  # encoding batch size
     num_workers: int | None = None  # image decoding workers (None: automatic)
@@ -102,14 +108,17 @@ def split_record(task: TaskData, split: FewShotSplit, eval_splits) -> dict:
     record = split.to_json()
     record["dataset"] = task.name
     record["classnames"] = task.classnames
+    if task.class_ids:
+        record["class_ids"] = task.class_ids
     for name in eval_splits:
         record[f"eval_{name}"] = [[s.path, s.label] for s in task.split(name)]
     return record
 
 
-def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, split: FewShotSplit):
-    if cfg.regime not in REGIMES:
-        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
+def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, split: FewShotSplit,
+                    aug_scale: tuple[float, float] | None = (0.08, 1.0)):
+    """The training features: augmented views at ``aug_scale`` (the method's crop), or the test transform
+    alone when ``aug_scale`` is None or ``cfg.augment`` is off."""
     samples = split.train
     if cfg.regime == "online":
         if cfg.skip_bad_images:  # find unreadable files once, so training never meets them
@@ -117,10 +126,11 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
                                    num_workers=cfg.num_workers, skip_bad=True, progress=cfg.progress,
                                    desc="checking train images")
             samples = [s for s, ok in zip(samples, valid_rows(feats).tolist()) if ok]
-        return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=cfg.augment)
+        return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=augmented(cfg, aug_scale), scale=aug_scale)
     if cfg.views < 1:
         raise ValueError(f"--views must be at least 1, not {cfg.views}")
-    view_list = [View("aug", v, cfg.seed) for v in range(cfg.views)] if cfg.augment else [View()]
+    view_list = ([View("aug", v, cfg.seed, aug_scale) for v in range(cfg.views)] if augmented(cfg, aug_scale)
+                 else [View()])
     if cfg.memory_map:  # the same views and the same per-epoch view choice, read from disk batch by batch
         mapped = [cache.mapped(backbone, samples, v, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                skip_bad=cfg.skip_bad_images, progress=cfg.progress,
@@ -134,6 +144,10 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
         for i, v in enumerate(view_list)])
     ok = ~torch.isnan(views).any(dim=2).any(dim=0)
     return CachedViews(views[:, ok], _labels(samples)[ok], seed=cfg.seed)
+
+
+def augmented(cfg: FitConfig, aug_scale) -> bool:
+    return cfg.augment and aug_scale is not None
 
 
 def encode_split(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, samples, desc: str):
@@ -157,25 +171,84 @@ def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed
         progress=progress)
 
 
+def is_run_folder(path: Path) -> bool:
+    return any((Path(path) / name).exists() for name in RUN_FILES)
+
+
+def check_fit_config(cfg: FitConfig) -> None:
+    """Options checked before any work; each fault is one line naming the option."""
+    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
+                               ("--batch-size", cfg.batch_size, 1), ("--workers", cfg.num_workers, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ValueError(f"{option} must be a whole number, at least {low}, not {value!r}")
+    if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
+        raise ValueError(f"--seed must be a whole number, not {cfg.seed!r}")
+    if cfg.regime not in REGIMES:
+        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
+    if not cfg.eval_splits:
+        raise ValueError("--eval-split: at least one split to evaluate")
+
+
+def resolve_split(cfg: FitConfig, task: TaskData) -> tuple[FitConfig, FewShotSplit]:
+    """The few-shot split and the config with the shots and seed it was made with filled in.
+
+    A split file is checked against the dataset before any image is read; ``shots`` / ``seed`` given next to
+    it must be the file's own (a different value is refused rather than silently ignored).
+    """
+    if not cfg.split_file:
+        cfg = dataclasses.replace(cfg, shots=DEFAULT_SHOTS if cfg.shots is None else cfg.shots,
+                                  seed=DEFAULT_SEED if cfg.seed is None else cfg.seed)
+        return cfg, make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
+                                       search_split=cfg.search_split)
+    split = load_split(Path(cfg.split_file), task, allow_fewer=cfg.allow_fewer_shots)
+    if split.search_split != cfg.search_split:
+        raise DatasetError(f"--split-file {cfg.split_file}: its validation images are a {split.search_split!r} "
+                           f"search split, not the {cfg.search_split!r} one asked for (--search-split)")
+    for option, given, stated in (("--shots", cfg.shots, split.shots), ("--seed", cfg.seed, split.seed)):
+        if given is not None and given != stated:
+            raise DatasetError(f"{option} {given} disagrees with --split-file {cfg.split_file}, made with "
+                               f"{option} {stated} (drop {option}, or give {stated})")
+    return dataclasses.replace(cfg, shots=split.shots, seed=split.seed), split
+
+
 def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
-        cache: FeatureCache | None = None) -> FitResult:
-    """Sample the few shots, encode (cached), fit the method, evaluate, and write the run folder."""
+        cache: FeatureCache | None = None, stage_dir: Path | None = None) -> FitResult:
+    """Sample the few shots, encode (cached), fit the method, evaluate, and write the run folder.
+
+    The run folder is written into a temporary folder beside ``cfg.out`` and renamed into place when
+    complete: a failed or killed fit leaves what was at ``cfg.out`` as it was, and an existing run there is
+    replaced only with ``cfg.overwrite``. ``stage_dir``: write the files into this existing folder instead
+    (a caller that assembles a larger folder atomically itself, as ``bench`` does for its cells); ``cfg.out``
+    is then only recorded.
+    """
+    check_fit_config(cfg)
+    method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
+    run_dir = Path(cfg.out) if cfg.out else None
+    if stage_dir is not None:
+        folder = nullcontext(Path(stage_dir))
+    elif run_dir is not None:
+        folder = atomic_folder(run_dir, overwrite=cfg.overwrite, is_run=is_run_folder)
+    else:
+        folder = nullcontext(None)
+    with folder as work_dir:
+        classifier, metrics = _fit(cfg, method, backbone, task, cache, work_dir)
+    return FitResult(classifier, metrics, run_dir)
+
+
+def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -> tuple[Classifier, dict]:
     started = time.time()
-    method = get_method(cfg.method, cfg.method_params)
     task = task or load_dataset(cfg.dataset, cfg.data_root)
-    backbone = backbone or load_backbone(cfg.backbone)
-    cache = cache or make_cache(cfg.cache_dir)
     for name in cfg.eval_splits:
         task.split(name)  # unknown split names fail before any work
-    split = (load_split(Path(cfg.split_file)) if cfg.split_file else
-             make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots))
-    run_dir = Path(cfg.out) if cfg.out else None
-    if run_dir is not None:
-        write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
-        write_json_atomic(run_dir / "splits.json", split_record(task, split, cfg.eval_splits))
+    cfg, split = resolve_split(cfg, task)
+    backbone = backbone or load_backbone(cfg.backbone)
+    cache = cache or make_cache(cfg.cache_dir)
+    if work_dir is not None:
+        write_json_atomic(work_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
+        write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
     base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
-    train = training_source(cfg, backbone, cache, split)
+    train = training_source(cfg, backbone, cache, split, method.aug_scale)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
@@ -191,14 +264,20 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
         with torch.no_grad():
             results[name] = top1(classifier(feats), labels)
         counts[name] = len(labels)
+    fewest, most = shots_used(split, task.num_classes)
     metrics = {
         "method": cfg.method,
         "dataset": task.name,
         "backbone": backbone.identity,
-        "shots": split.shots,
+        "shots": fewest,  # training images per class actually used (the fewest any class has)
+        "shots_asked": split.shots,
+        "shots_per_class": {"min": fewest, "max": most},
         "seed": cfg.seed,
         "regime": cfg.regime,
-        "views": cfg.views if cfg.regime == "cached" and cfg.augment else (1 if cfg.regime == "cached" else 0),
+        "views": (cfg.views if augmented(cfg, method.aug_scale) else 1) if cfg.regime == "cached" else 0,
+        "augmentation": list(method.aug_scale) if augmented(cfg, method.aug_scale) else None,  # crop scale
+        "search_split": split.search_split,
+        "num_val": 0 if val_labels is None else len(val_labels),
         "top1": results,
         "num_images": counts,
         "num_train": train.num_samples,
@@ -207,10 +286,10 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
         "total_seconds": round(time.time() - started, 3),
         "versions": versions(),
     }
-    if run_dir is not None:
-        save_classifier(classifier, run_dir / "classifier.safetensors")
-        write_json_atomic(run_dir / "metrics.json", metrics)
-    return FitResult(classifier, metrics, run_dir)
+    if work_dir is not None:
+        save_classifier(classifier, work_dir / "classifier.safetensors")
+        write_json_atomic(work_dir / "metrics.json", metrics)
+    return classifier, metrics
 
 
 def _pretrained_hint(identity: dict) -> str:
@@ -260,12 +339,13 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
     """Top-1 of a saved classifier on a dataset split; a class subset (ImageNet-A/R) uses its rows.
 
     ``device`` / ``precision`` override those of the run's backbone (see ``_classifier_and_backbone``)."""
+    cfg = FitConfig(batch_size=batch_size, num_workers=num_workers, skip_bad_images=skip_bad_images,
+                    progress=progress, cache_dir=cache_dir)
+    check_fit_config(cfg)
     clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
                                              precision=precision)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
-    cfg = FitConfig(batch_size=batch_size, num_workers=num_workers, skip_bad_images=skip_bad_images,
-                    progress=progress, cache_dir=cache_dir)
     feats, labels = encode_split(cfg, backbone, make_cache(cache_dir), task.split(split), f"encoding {split}")
     with torch.no_grad():
         logits = clf(feats)
@@ -279,6 +359,8 @@ def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k:
             backbone_cfg: BackboneConfig | None = None, backbone: Backbone | None = None,
             device: str | None = None, precision: str | None = None) -> list[dict]:
     """Top-k classes with probabilities for each image file (``device`` / ``precision`` as in evaluate)."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"--top must be at least 1, not {k!r}")
     clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
                                              precision=precision)
     batch = torch.stack([backbone.preprocess(load_image(p)) for p in images])

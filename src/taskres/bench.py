@@ -23,7 +23,7 @@ from typing import Callable
 from .api import make_cache, versions
 from .backbone import load_backbone
 from .datasets import TaskData, load_dataset
-from .io import read_json, write_json_atomic
+from .io import atomic_folder, read_json, write_json_atomic
 from .protocols import (PAPER_METHODS, PROTOCOL_RUNNERS, PROTOCOLS, Cell, CellEnv, SweepConfig, bench_command,
                         dataset_label, expand, preset, read_sweep_file, resolve_sweep)
 
@@ -31,12 +31,19 @@ log = logging.getLogger("taskres")
 RECORD_FORMAT = 1
 
 
+def _component(name: str) -> str:
+    """A cell's name as one path component inside the results folder (its parts are sanitised; this guards)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"cell name {name!r} is not a plain file name; it would leave the results folder")
+    return name
+
+
 def record_path(results_dir: Path, cell: Cell) -> Path:
-    return Path(results_dir) / "records" / f"{cell.name}.json"
+    return Path(results_dir) / "records" / f"{_component(cell.name)}.json"
 
 
 def run_path(results_dir: Path, cell: Cell) -> Path:
-    return Path(results_dir) / "runs" / cell.name
+    return Path(results_dir) / "runs" / _component(cell.name)
 
 
 def cell_status(results_dir: Path, cell: Cell, sweep: SweepConfig) -> str:
@@ -157,8 +164,10 @@ def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception
         "method": cell.method,
         "shots": cell.shots,
         "seed": cell.seed,
+        "search_split": sweep.search_split,
         "key": cell.key(sweep),
-        "backbone_config": {k: getattr(cell.backbone, k) for k in ("name", "pretrained", "device", "precision")},
+        "backbone_config": {k: getattr(cell.backbone, k) for k in ("name", "pretrained", "device", "precision",
+                                                                          "quick_gelu")},
         "run_dir": str(run_dir.relative_to(results_dir)),
         "rerun_bench": bench_command(cell, sweep, results_dir / "reruns" / cell.name),
         "versions": versions(),
@@ -167,25 +176,31 @@ def _run_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception
     try:
         if load_error is not None:
             raise load_error
-        outcome = PROTOCOL_RUNNERS[cell.protocol](cell, env, run_dir)
+        # The cell's run folder is assembled beside runs/<name> and renamed into place when complete (a
+        # killed or failed cell leaves the previous one as it was); the bench owns runs/, so it may replace.
+        with atomic_folder(run_dir, overwrite=True, option="bench run folder", is_run=lambda p: True) as stage:
+            outcome = PROTOCOL_RUNNERS[cell.protocol](cell, env, run_dir, stage)
+            record = _ok_record(base, outcome, run_dir, results_dir, started)
+            write_json_atomic(stage / "record.json", record)
     except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the sweep
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         record = {**base, "status": "error", "error": {
             "type": type(exc).__name__, "message": message,
             "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:]},
             "seconds": round(time.time() - started, 3), "finished": _now()}
-    else:
-        record = {
-            **base, "status": "ok", "scores": outcome.scores, "details": outcome.details,
-            "backbone_identity": outcome.fit_metrics.get("backbone"),
-            "hparams": outcome.fit_metrics.get("hparams"),
-            "splits": str((run_dir / "splits.json").relative_to(results_dir)),
-            "config": outcome.config, "metrics": outcome.fit_metrics, "rerun": outcome.rerun,
-            "seconds": round(time.time() - started, 3), "finished": _now()}
-        write_json_atomic(run_dir / "record.json", record)
     # The record goes last: its presence is what marks the cell finished.
     write_json_atomic(record_path(results_dir, cell), record)
     return record
+
+
+def _ok_record(base: dict, outcome, run_dir: Path, results_dir: Path, started: float) -> dict:
+    return {
+        **base, "status": "ok", "scores": outcome.scores, "details": outcome.details,
+        "backbone_identity": outcome.fit_metrics.get("backbone"),
+        "hparams": outcome.fit_metrics.get("hparams"),
+        "splits": str((run_dir / "splits.json").relative_to(results_dir)),
+        "config": outcome.config, "metrics": outcome.fit_metrics, "rerun": outcome.rerun,
+        "seconds": round(time.time() - started, 3), "finished": _now()}
 
 
 def _now() -> str:
@@ -231,9 +246,10 @@ def sweep_from_args(args) -> tuple[SweepConfig, list[str]]:
         "data_root": args.data_root, "regime": args.regime, "views": args.views,
         "augment": False if args.no_augment else None, "cache_dir": args.cache_dir, "batch_size": args.batch_size,
         "num_workers": args.workers, "skip_bad_images": True if args.skip_bad_images else None,
-        "allow_fewer_shots": True if args.allow_fewer_shots else None,
+        "allow_fewer_shots": True if args.allow_fewer_shots else None, "search_split": args.search_split,
     }
-    backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision}
+    backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision,
+                      "quick_gelu": args.quick_gelu}
     if args.backbone:
         flags["backbones"] = [{"name": name, **{k: v for k, v in backbone_flags.items() if v is not None}}
                               for name in _list_arg(args.backbone)]
@@ -264,6 +280,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", default=None, help="weights for the backbones (tag, file or 'none')")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]")
     g.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="the checkpoint file's weights were trained with QuickGELU (--no-quick-gelu: nn.GELU)")
     g.add_argument("--data-root", default=None, help="the folder holding the CoOp dataset layout")
     g.add_argument("--regime", default=None, choices=["cached", "online"], help="training regime (default: cached)")
     g.add_argument("--views", type=int, default=None, help="augmented views cached per training image (default 10)")
@@ -277,6 +295,9 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
     g.add_argument("--allow-fewer-shots", action="store_true",
                    help="use every image of a class with fewer than K (CoOp's behaviour)")
+    g.add_argument("--search-split", default=None, choices=["fewshot", "full"],
+                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
+                        "(default), full = the dataset's whole validation split; never the test split")
 
 
 def cmd_bench(args) -> int:

@@ -1,8 +1,8 @@
 """Tuned classifiers: small objects that turn image features into logits, saved as safetensors.
 
 A classifier file holds tensors and one JSON metadata entry (kind, class names, backbone identity,
-hyper-parameters). Loading never unpickles anything. Each method's classifier kind is listed in
-``taskres.methods.CLASSIFIERS``.
+hyper-parameters). Loading never unpickles anything. Each classifier kind registers itself in
+``CLASSIFIERS`` when its class is defined (its module imported), so this module imports no method.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from .io import atomic_path
 
 FORMAT_VERSION = 1
+CLASSIFIERS: dict[str, type["Classifier"]] = {}  # kind -> class, filled by Classifier.__init_subclass__
 
 
 class ClassifierError(ValueError):
@@ -40,6 +41,14 @@ class Classifier(torch.nn.Module):
     """Image features [N, D] (unnormalised, as the encoder gives them) -> logits [N, C]."""
 
     kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__ and cls.kind:  # a subclass that names a new kind registers it for loading
+            other = CLASSIFIERS.get(cls.kind)
+            if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise TypeError(f"classifier kind {cls.kind!r} is taken by {other.__module__}.{other.__qualname__}")
+            CLASSIFIERS[cls.kind] = cls
 
     def __init__(self, meta: ClassifierMeta):
         super().__init__()
@@ -123,8 +132,6 @@ def save_classifier(clf: Classifier, path: str | Path) -> None:
 
 
 def load_classifier(path: str | Path) -> Classifier:
-    from .methods import CLASSIFIERS
-
     path = Path(path)
     if path.is_dir():
         path = path / "classifier.safetensors"
@@ -150,12 +157,15 @@ def load_classifier(path: str | Path) -> Classifier:
 
 
 def check_backbone(clf: Classifier, identity: dict, source: str = "classifier") -> None:
-    want = {k: clf.meta.backbone.get(k) for k in ("model", "fingerprint")}
-    have = {k: identity.get(k) for k in ("model", "fingerprint")}
+    # the activation is part of the backbone: the same weights through nn.GELU give other features
+    want = {k: clf.meta.backbone.get(k) for k in ("model", "fingerprint", "activation")}
+    have = {k: identity.get(k) for k in ("model", "fingerprint", "activation")}
     if want != have:
         raise ClassifierError(
-            f"{source} was trained on backbone {want['model']} (weights {want['fingerprint']}), but the features "
-            f"come from {have['model']} (weights {have['fingerprint']}); pass the same --backbone/--pretrained")
+            f"{source} was trained on backbone {want['model']} (weights {want['fingerprint']}, activation "
+            f"{want['activation'] or 'not recorded'}), but the features come from {have['model']} (weights "
+            f"{have['fingerprint']}, activation {have['activation']}); pass the same --backbone/--pretrained"
+            f"{'' if want['activation'] else ', or refit: classifiers saved before the activation was recorded'}")
 
 
 def class_rows(clf: Classifier, classnames: list[str], class_ids: list[str] | None) -> torch.Tensor | None:

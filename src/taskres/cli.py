@@ -7,19 +7,22 @@ Verbs: fit, eval, predict (here); other modules add theirs through ``register(su
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
+import os
 import sys
 
 from .backbone import BackboneConfig, BackboneError
 from .classifier import ClassifierError
 from .datasets import DatasetError
 from .methods import METHODS, TrainingError
-from .transforms import ImageError
+from .io import RunExistsError
+from .transforms import MAX_PIXELS_ENV, ImageError
 
-USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, TrainingError, ValueError,
-               FileNotFoundError)
+USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
+               ValueError)
 # Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
 VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed")
 
@@ -34,13 +37,16 @@ def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None
                         "weights (default: openai, or the packaged weights of taskres-mini)")
     g.add_argument("--device", default="cpu" if defaults else None, help="cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32" if defaults else None, choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="the weights were trained with QuickGELU (--no-quick-gelu: nn.GELU); only for a checkpoint "
+                        "file that cannot say (tags, OpenAI's .pt archives and -quickgelu names are known)")
 
 
 def backbone_config(args) -> BackboneConfig | None:
     if args.backbone is None:
         return None
     return BackboneConfig(args.backbone, args.pretrained or "default", args.device or "cpu",
-                          args.precision or "fp32")
+                          args.precision or "fp32", getattr(args, "quick_gelu", None))
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +62,21 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images with a warning and a count instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_image_limit_arg(p)
+
+
+def add_image_limit_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help=f"refuse images of more than N pixels (default: ${MAX_PIXELS_ENV} or 89478485, PIL's "
+                        "limit; 0: no limit)")
+
+
+def shots_text(m: dict) -> str:
+    asked, per_class = m.get("shots_asked", m["shots"]), m.get("shots_per_class")
+    if per_class is None or per_class["min"] == per_class["max"] == asked:
+        return f"{asked}-shot"
+    used = per_class["min"] if per_class["min"] == per_class["max"] else f"{per_class['min']}-{per_class['max']}"
+    return f"{asked}-shot asked, {used} per class used"
 
 
 def cmd_fit(args) -> int:
@@ -64,14 +85,14 @@ def cmd_fit(args) -> int:
     cfg = FitConfig(
         method=args.method, dataset=args.dataset, data_root=args.data_root, backbone=backbone_config(args),
         shots=args.shots, seed=args.seed, regime=args.regime, views=args.views, augment=not args.no_augment,
-        memory_map=args.memory_map, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
+        memory_map=args.memory_map, search_split=args.search_split, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
         eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
         batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
-        allow_fewer_shots=args.allow_fewer_shots, progress=not args.quiet)
+        allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet)
     result = fit(cfg)
     m = result.metrics
     for split, acc in m["top1"].items():
-        print(f"{m['method']} on {m['dataset']} ({m['shots']}-shot, seed {m['seed']}): {split} top-1 = {acc:.2f} "
+        print(f"{m['method']} on {m['dataset']} ({shots_text(m)}, seed {m['seed']}): {split} top-1 = {acc:.2f} "
               f"% ({m['num_images'][split]} images)")
     if result.run_dir:
         print(f"wrote {result.run_dir}/classifier.safetensors, metrics.json, config.json, splits.json")
@@ -113,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="taskres", choices=sorted(METHODS), help="method (default: taskres)")
     add_data_args(p)
     add_backbone_args(p)
-    p.add_argument("--shots", type=int, default=16, help="K: training images per class (default: 16)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--shots", type=int, default=None,
+                   help="K: training images per class (default: 16, or the --split-file's, which it must match)")
+    p.add_argument("--seed", type=int, default=None, help="default: 1, or the --split-file's, which it must match")
     p.add_argument("--regime", default="cached", choices=["cached", "online"],
                    help="cached: train on cached augmented views (fast, default); online: fresh augmentation "
                         "through the image encoder at every step (the reference regime)")
@@ -125,11 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "training sets larger than RAM; needs the feature cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter, e.g. --set lr=1e-3 --set epochs=50")
+    p.add_argument("--search-split", default="fewshot", choices=["fewshot", "full"],
+                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
+                        "(default), full = the dataset's whole validation split (as the papers' code); never test")
     p.add_argument("--eval-split", action="append", default=None, help="split(s) to evaluate (default: test)")
     p.add_argument("--split-file", default=None, help="reuse the exact few-shot split of a run (its splits.json)")
     p.add_argument("--allow-fewer-shots", action="store_true",
                    help="use every image of a class with fewer than K (CoOp's behaviour) instead of stopping")
-    p.add_argument("--out", default=None, help="run folder for the classifier, metrics, config and splits")
+    p.add_argument("--out", default=None, help="run folder for the classifier, metrics, config and splits "
+                                               "(written beside it, renamed into place when complete)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("eval", help="evaluate a saved classifier on a dataset split")
@@ -145,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top", type=int, default=5)
     add_backbone_args(p, defaults=False)
+    add_image_limit_arg(p)
     p.set_defaults(func=cmd_predict)
 
     for module in VERB_MODULES:
@@ -156,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod.register(sub)
     return parser
+
+
+def file_error(exc: OSError) -> str:
+    """One line naming the path at fault, from an OSError raised anywhere below."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.EROFS:
+        what = "read-only file system"
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    return f"{what}: {' -> '.join(map(str, paths))}" if paths else what
 
 
 def _version() -> str:
@@ -171,9 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "eval_split", "unset") is None:
         args.eval_split = ["test"]
     try:
+        limit = getattr(args, "max_image_pixels", None)
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, not {limit}")
+            os.environ[MAX_PIXELS_ENV] = str(limit)  # the decoding workers read it too
         return args.func(args)
     except USER_ERRORS as exc:
         print(f"taskres: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permissions, a read-only disk, a file where a folder should be, a full disk...
+        print(f"taskres: error: {file_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("taskres: interrupted; finished work is kept and the next run resumes", file=sys.stderr)

@@ -19,8 +19,9 @@ start), so the cache is the one a single process writes. A killed run is restart
 finished shards are kept, only missing ones are encoded.
 
 The entries are exactly those ``taskres fit`` reads with the same options: with ``--shots K --seed S`` the
-few-shot train images (``--views`` augmented views of seed S, or the test transform with ``--no-augment``)
-and their few-shot val images; the other splits in full with the test transform.
+few-shot train images (``--views`` augmented views of seed S at ``--method``'s crop scale, or the test
+transform with ``--no-augment`` or for a method that trains on it) and their val images (``--search-split``);
+the other splits in full with the test transform.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class ExtractConfig:
     seed: int = 1  # few-shot draw and augmentation seed (as ``fit --seed``)
     views: int = DEFAULT_VIEWS  # augmented views of the train images
     augment: bool = True  # False: the train images under the test transform (``fit --no-augment``)
+    search_split: str = "fewshot"  # which val images with --shots: as ``fit --search-split``
+    method: str = "taskres"  # whose training views: its crop scale (Method.aug_scale), as ``fit --method``
     allow_fewer_shots: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features
@@ -122,16 +125,27 @@ def rank_device(device: str, group: _Group) -> str:
     return f"cuda:{group.local_rank}" if device == "cuda" and group.world > 1 else device
 
 
+def method_aug_scale(method: str):
+    from .methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
+    return METHODS[method].aug_scale
+
+
 def planned_views(cfg: ExtractConfig):
     """(description, samples, view) for every cache entry the options ask for, as ``fit`` would read them."""
     task = load_dataset(cfg.dataset, cfg.data_root)
-    few = make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots) if cfg.shots else None
+    few = make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
+                             search_split=cfg.search_split) if cfg.shots else None
     if cfg.augment and cfg.views < 1:
         raise ValueError(f"--views must be at least 1, not {cfg.views}")
     for name in cfg.splits:
         if name == "train":
             samples = few.train if few else task.train
-            views = [View("aug", v, cfg.seed) for v in range(cfg.views)] if cfg.augment else [View()]
+            scale = method_aug_scale(cfg.method)
+            views = ([View("aug", v, cfg.seed, scale) for v in range(cfg.views)] if cfg.augment and scale is not None
+                     else [View()])
         else:
             samples = few.val if (few and name == "val") else task.split(name)
             views = [View()]
@@ -153,6 +167,11 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     """Encode the planned entries into the cache; under torchrun each rank takes its share of the shards."""
     if cfg.cache_dir == "":
         raise ValueError("--cache-dir '' keeps no cache: extract needs a cache folder")
+    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
+                               ("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
+                               ("--workers", cfg.num_workers, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{option} must be at least {low}, not {value}")
     group = _Group.from_env()
     bcfg = replace(cfg.backbone, device=rank_device(cfg.backbone.device, group))
     if bcfg.device.startswith("cuda") and torch.cuda.is_available():
@@ -211,7 +230,8 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: _Group) -> Extract
 def cmd_extract(args) -> int:
     cfg = ExtractConfig(
         dataset=args.dataset, data_root=args.data_root, splits=tuple(args.split or ("train", "val", "test")),
-        shots=args.shots, seed=args.seed, views=args.views, augment=not args.no_augment,
+        shots=args.shots, seed=args.seed, views=args.views, augment=not args.no_augment, method=args.method,
+        search_split=args.search_split,
         allow_fewer_shots=args.allow_fewer_shots, backbone=backbone_config(args), cache_dir=args.cache_dir,
         shard_size=args.shard_size, store=args.store, batch_size=args.batch_size, num_workers=args.workers,
         skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout)
@@ -234,6 +254,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1, help="few-shot and augmentation seed (as fit's --seed)")
     p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views of each train image")
     p.add_argument("--no-augment", action="store_true", help="train images under the test transform only")
+    p.add_argument("--method", default="taskres",
+                   help="the method whose training views to encode (its crop scale; default: taskres, 0.08-1)")
+    p.add_argument("--search-split", default="fewshot", choices=["fewshot", "full"],
+                   help="with --shots: the val images of 'fit --search-split' (default: fewshot)")
     p.add_argument("--allow-fewer-shots", action="store_true", help="as fit's --allow-fewer-shots")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"images per cache shard, the unit of work and of resumption (default {DEFAULT_SHARD_SIZE})")

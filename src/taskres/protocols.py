@@ -30,6 +30,7 @@ import torch
 from .backbone import MINI_MODEL, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
+from .datasets.fewshot import SEARCH_SPLITS
 from .methods import METHODS, get_method
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
@@ -51,13 +52,19 @@ class BackboneSpec:
     device: str = "cpu"
     precision: str = "fp32"
     label: str | None = None
+    quick_gelu: bool | None = None  # for a checkpoint file that cannot say (see backbone.weights_activation)
 
     def config(self) -> BackboneConfig:
-        return BackboneConfig(self.name, self.pretrained, self.device, self.precision)
+        return BackboneConfig(self.name, self.pretrained, self.device, self.precision, self.quick_gelu)
+
+    def activation_flags(self) -> list[str]:
+        return [] if self.quick_gelu is None else ["--quick-gelu" if self.quick_gelu else "--no-quick-gelu"]
 
     @property
     def display(self) -> str:
-        return self.label or safe_name(Path(self.name).stem if self.name.endswith(".json") else self.name)
+        # sanitised like every name that becomes part of a path: a label "../../x" must not leave the results
+        return safe_name(self.label) if self.label else safe_name(Path(self.name).stem if self.name.endswith(".json")
+                                                                  else self.name)
 
     def key(self) -> dict:
         """What decides the features: two specs with the same key give the same weights."""
@@ -67,7 +74,10 @@ class BackboneSpec:
         if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
             pretrained = Path(pretrained).name
         name = Path(self.name).name if self.name.endswith(".json") else self.name
-        return {"model": name, "pretrained": pretrained, "precision": self.precision}
+        key = {"model": name, "pretrained": pretrained, "precision": self.precision}
+        if self.quick_gelu is not None:  # only when given: the keys of existing sweeps stay as they were
+            key["quick_gelu"] = self.quick_gelu
+        return key
 
 
 @dataclass
@@ -91,6 +101,7 @@ class SweepConfig:
     num_workers: int | None = None
     skip_bad_images: bool = False
     allow_fewer_shots: bool = False
+    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,8 +118,12 @@ class SweepConfig:
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe form of a label (record names encode backbone, dataset and method)."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
+    """A file-name-safe form of a label (record names encode backbone, dataset and method).
+
+    Only letters, digits and ``._+-`` survive, and never a leading dot, so the result is one plain path
+    component: no separator, no ``..``, no hidden file.
+    """
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).lstrip(".-").rstrip("-") or "x"
 
 
 def dataset_label(spec: str) -> str:
@@ -268,6 +283,12 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
     if sweep.views < 1:
         raise ValueError(f"--views must be at least 1, not {sweep.views}")
+    if sweep.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
+    if sweep.num_workers is not None and sweep.num_workers < 0:
+        raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
+    if sweep.search_split not in SEARCH_SPLITS:
+        raise ValueError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}")
     if sweep.protocol == "domain" and not sweep.targets:
         raise ValueError("--targets: the domain protocol needs at least one target dataset")
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
@@ -317,6 +338,8 @@ class Cell:
         }
         if self.protocol == "domain":
             key["targets"] = list(sweep.targets)
+        if sweep.search_split != "fewshot":  # records made before the option searched the few-shot split
+            key["search_split"] = sweep.search_split
         return key
 
 
@@ -403,7 +426,7 @@ def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> 
     if sweep.data_root:
         cmd += ["--data-root", sweep.data_root]
     cmd += ["--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-            "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
+            *b.activation_flags(), "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
             "--views", str(sweep.views)]
     for k, v in sweep.method_params.get(cell.method, {}).items():
         cmd += ["--set", f"{k}={v}"]
@@ -417,6 +440,8 @@ def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> 
 def _data_flags(sweep: SweepConfig) -> list[str]:
     """The switches a rerun command needs to see the same training images as the sweep did."""
     flags = [] if sweep.augment else ["--no-augment"]
+    if sweep.search_split != "fewshot":
+        flags += ["--search-split", sweep.search_split]
     if sweep.allow_fewer_shots:
         flags.append("--allow-fewer-shots")
     if sweep.skip_bad_images:
@@ -437,7 +462,7 @@ def bench_command(cell: Cell, sweep: SweepConfig, results_dir: Path) -> str:
     cmd = ["taskres", "bench", str(results_dir), "--protocol", cell.protocol, "--datasets", cell.dataset,
            "--methods", cell.method, "--shots", str(cell.shots), "--seeds", str(cell.seed),
            "--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-           "--regime", sweep.regime, "--views", str(sweep.views)]
+           *b.activation_flags(), "--regime", sweep.regime, "--views", str(sweep.views)]
     if sweep.data_root:
         cmd += ["--data-root", sweep.data_root]
     if cell.protocol == "domain":
@@ -477,28 +502,31 @@ def fit_config(cell: Cell, sweep: SweepConfig, run_dir: Path, progress: bool):
         shots=cell.shots, seed=cell.seed, regime=sweep.regime, views=sweep.views, augment=sweep.augment,
         method_params=dict(sweep.method_params.get(cell.method, {})), eval_splits=("test",),
         cache_dir=sweep.cache_dir, out=str(run_dir), batch_size=sweep.batch_size, num_workers=sweep.num_workers,
-        skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots, progress=progress)
+        skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots,
+        search_split=sweep.search_split, progress=progress)
 
 
 def _nan_to_none(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def run_fewshot(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+# A runner writes the cell's run folder into ``stage`` (the bench renames it to ``run_dir`` once the cell is
+# complete); ``run_dir`` is where it will be, for the rerun commands and the saved config.
+def run_fewshot(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOutcome:
     from .api import fit
 
     cfg = fit_config(cell, env.sweep, run_dir, env.progress)
-    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache)
+    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache, stage_dir=stage)
     rerun = [fit_command(cell, env.sweep, run_dir / "splits.json", run_dir.with_name(run_dir.name + "-rerun"))]
     return CellOutcome({"top1": _nan_to_none(result.metrics["top1"]["test"])}, result.metrics, cfg.to_dict(), rerun)
 
 
-def run_domain(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+def run_domain(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOutcome:
     from .api import evaluate, fit
 
     sweep = env.sweep
     cfg = fit_config(cell, sweep, run_dir, env.progress)
-    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache)
+    result = fit(cfg, backbone=env.backbone, task=env.load_task(cell.dataset), cache=env.cache, stage_dir=stage)
     source = dataset_label(cell.dataset)
     scores = {source: _nan_to_none(result.metrics["top1"]["test"])}
     details = {"source": source, "targets": list(sweep.targets), "num_images": {source: result.metrics[
@@ -519,7 +547,7 @@ def run_domain(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
     return CellOutcome(scores, result.metrics, cfg.to_dict(), rerun, details)
 
 
-def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
+def run_base2new(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOutcome:
     from .api import build_context, encode_split, fit
     from .classifier import save_classifier
 
@@ -528,7 +556,7 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
     base_labels, new_labels = base_new_labels(task.num_classes)
     base_task, new_task = subset_classes(task, base_labels), subset_classes(task, new_labels)
     cfg = fit_config(cell, sweep, run_dir, env.progress)
-    result = fit(cfg, backbone=env.backbone, task=base_task, cache=env.cache)
+    result = fit(cfg, backbone=env.backbone, task=base_task, cache=env.cache, stage_dir=stage)
     base = result.metrics["top1"]["test"]  # base test images, base classes only
 
     method = get_method(cell.method, sweep.method_params.get(cell.method))
@@ -543,13 +571,13 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path) -> CellOutcome:
         feats, labels = encode_split(cfg, env.backbone, env.cache, new_task.test, "encoding new-class test")
         new = top1_of(new_clf, feats, labels)  # new test images, new classes only
         details["num_images"]["new"] = len(labels)
-        save_classifier(new_clf, run_dir / "classifier_new.safetensors")
+        save_classifier(new_clf, stage / "classifier_new.safetensors")
     scores = {"base": _nan_to_none(base), "new": _nan_to_none(new), "hm": _nan_to_none(harmonic_mean(base, new))}
     # A class subset cannot be expressed as `taskres fit` options: the one-cell bench repeats it.
     return CellOutcome(scores, result.metrics, cfg.to_dict(), [], details)
 
 
-PROTOCOL_RUNNERS: dict[str, Callable[[Cell, CellEnv, Path], CellOutcome]] = {
+PROTOCOL_RUNNERS: dict[str, Callable[[Cell, CellEnv, Path, Path], CellOutcome]] = {
     "fewshot": run_fewshot,
     "domain": run_domain,
     "base2new": run_base2new,

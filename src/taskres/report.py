@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .datasets import PAPER_DATASETS
 from .io import atomic_path, read_json, write_json_atomic
-from .protocols import PAPER_METHODS, harmonic_mean
+from .protocols import PAPER_METHODS, harmonic_mean, safe_name
 
 FIGURE_FORMATS = ("png", "svg")
 MAX_FAILED_LISTED = 20
@@ -53,6 +53,8 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     if not vals:
         return None, None
     mean = sum(vals) / len(vals)
+    if len(vals) < 2:  # one seed has no spread to report: no "± 0.00"
+        return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
 
 
@@ -382,7 +384,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     if figures:
         for bb in summary.datasets:
             fig, panels = plot_fewshot(summary, bb)
-            paths = save_figure(fig, panels, out_dir / f"fewshot__{bb}", formats)
+            paths = save_figure(fig, panels, out_dir / f"fewshot__{safe_name(bb)}", formats)  # a label from a record
             files += paths
             drawn[str(paths[0])] = panels
     return ReportResult(summary, files, drawn, markdown)

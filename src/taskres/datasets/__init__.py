@@ -22,7 +22,7 @@ from .coop import (
     read_imagenet_v2,
     read_split_json_dataset,
 )
-from .fewshot import FewShotSplit, load_split, make_fewshot_split, save_split
+from .fewshot import FewShotSplit, check_split, load_split, make_fewshot_split, save_split, shots_used
 from .folder import read_class_folder
 
 DATASETS = {
@@ -64,10 +64,10 @@ def load_dataset(name: str, data_root: str | Path | None = None) -> TaskData:
             raise DatasetError(f"dataset {name!r} needs --data-root (the folder that holds the CoOp layout)")
         return DATASETS[key](Path(data_root))
     if name.startswith("mini-"):
-        from ..mini.tasks import DEMO_TASKS, load_demo_task
+        from ..mini.tasks import DEMO_TASKS, TUNING_TASKS, load_demo_task
 
-        if name not in DEMO_TASKS:
-            raise DatasetError(f"unknown demo task {name!r}; known: {', '.join(DEMO_TASKS)}")
+        if name not in DEMO_TASKS + TUNING_TASKS:
+            raise DatasetError(f"unknown demo task {name!r}; known: {', '.join(DEMO_TASKS + TUNING_TASKS)}")
         return load_demo_task(name, Path(data_root) if data_root else default_demo_root())
     path = Path(name)
     if not path.is_absolute() and data_root is not None and (Path(data_root) / name).is_dir():
@@ -82,5 +82,5 @@ def load_dataset(name: str, data_root: str | Path | None = None) -> TaskData:
 __all__ = [
     "DATASETS", "PAPER_DATASETS", "DOMAIN_SHIFT_TARGETS", "IMAGENET_TEMPLATES", "DatasetError", "FewShotSplit",
     "Sample", "TaskData", "known_datasets", "load_dataset", "load_split", "make_fewshot_split",
-    "read_class_folder", "read_split_json", "save_split",
+    "read_class_folder", "read_split_json", "save_split", "check_split", "shots_used",
 ]

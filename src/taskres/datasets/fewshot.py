@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,10 @@ from ..io import write_json_atomic
 from .base import DatasetError, Sample, TaskData
 
 VAL_SHOTS_CAP = 4  # CoOp draws min(K, 4) validation images per class
+# Where methods search their hyper-parameters: "fewshot", min(K, 4) images per class (CoOp's lpclip/
+# linear_probe.py val_shot_list; the default, realistic few-shot), or "full", the dataset's whole validation
+# split (what Tip-Adapter's main.py and GDA's main_few_shots.py search on). Never the test split.
+SEARCH_SPLITS = ("fewshot", "full")
 
 
 @dataclass
@@ -19,11 +25,13 @@ class FewShotSplit:
     seed: int
     train: list[Sample]
     val: list[Sample]
+    search_split: str = "fewshot"  # how ``val`` was drawn (SEARCH_SPLITS)
 
     def to_json(self) -> dict:
         return {
             "shots": self.shots,
             "seed": self.seed,
+            "search_split": self.search_split,
             "train": [[s.path, s.label] for s in self.train],
             "val": [[s.path, s.label] for s in self.val],
         }
@@ -33,7 +41,8 @@ class FewShotSplit:
         try:
             return cls(int(data["shots"]), int(data["seed"]),
                        [Sample(str(p), int(y)) for p, y in data["train"]],
-                       [Sample(str(p), int(y)) for p, y in data["val"]])
+                       [Sample(str(p), int(y)) for p, y in data["val"]],
+                       str(data.get("search_split", "fewshot")))  # files from before the option: fewshot
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{source}: not a few-shot split file ({exc})") from None
 
@@ -67,8 +76,19 @@ def sample_per_class(samples: list[Sample], shots: int, rng: random.Random, *, c
     return out
 
 
-def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bool = False) -> FewShotSplit:
-    """Seeded K-shot train set and a min(K, 4)-shot validation set (disjoint from the shots)."""
+def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bool = False,
+                       search_split: str = "fewshot") -> FewShotSplit:
+    """Seeded K-shot train set and the validation set that methods search on (disjoint from the shots).
+
+    ``search_split="fewshot"``: min(K, 4) images per class; ``"full"``: the dataset's whole validation split
+    (the shots are drawn alike either way). A dataset without a validation split of its own (ImageNet)
+    has no ``full`` one: the originals searched ImageNet's test split, which this project never does.
+    """
+    if search_split not in SEARCH_SPLITS:
+        raise DatasetError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {search_split!r}")
+    if search_split == "full" and not task.val:
+        raise DatasetError(f"dataset {task.name!r} has no validation split of its own, so --search-split full "
+                           "has nothing to search on (the test split is never used); use --search-split fewshot")
     if shots < 1:
         raise DatasetError(f"--shots must be at least 1, not {shots}")
     if not task.train:
@@ -76,6 +96,8 @@ def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bo
     rng = random.Random(seed)
     train = sample_per_class(task.train, shots, rng, classnames=task.classnames, split_name="train",
                              dataset=task.name, strict=not allow_fewer)
+    if search_split == "full":
+        return FewShotSplit(shots, seed, train, list(task.val), "full")
     val_shots = min(shots, VAL_SHOTS_CAP)
     if task.val:
         val_pool = task.val
@@ -91,11 +113,99 @@ def save_split(split: FewShotSplit, path: Path) -> None:
     write_json_atomic(path, split.to_json())
 
 
-def load_split(path: Path) -> FewShotSplit:
+def load_split(path: Path, task: TaskData | None = None, *, allow_fewer: bool = False) -> FewShotSplit:
+    """Read a split file (a run's ``splits.json``); with ``task``, checked against it (:func:`check_split`)."""
     if not Path(path).is_file():
         raise DatasetError(f"few-shot split file not found: {path}")
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from None
-    return FewShotSplit.from_json(data, str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"few-shot split file {path} cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: not a few-shot split file (a JSON object with shots, seed, train, val)")
+    split = FewShotSplit.from_json(data, str(path))
+    if task is not None:
+        check_split(split, task, data, str(path), allow_fewer=allow_fewer)
+    return split
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def check_split(split: FewShotSplit, task: TaskData, data: dict, source: str, *, allow_fewer: bool = False) -> None:
+    """A split file must belong to ``task``: checked before any image is read; the first fault is the message.
+
+    In order: the dataset's name, class names and class ids (where the file records them); then for every
+    train / val entry its label's range, its path inside the dataset's folder, on disk, and listed by the
+    dataset under the same label (train entries in the train split; val entries in the val split, or in
+    train for a dataset without one); no image twice; at most ``shots`` per class (exactly ``shots``
+    unless ``allow_fewer``) and at most min(shots, 4) validation images per class.
+    """
+    def fault(text: str) -> DatasetError:
+        return DatasetError(f"--split-file {source}: {text}")
+
+    if "dataset" in data and data["dataset"] != task.name:
+        raise fault(f"made for dataset {data['dataset']!r}, not {task.name!r}")
+    for key, mine in (("classnames", task.classnames), ("class_ids", task.class_ids)):
+        theirs = data.get(key)
+        if theirs is None or mine is None:
+            continue
+        if len(theirs) != len(mine):
+            raise fault(f"lists {len(theirs)} classes, dataset {task.name!r} has {len(mine)}")
+        diff = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b), None)
+        if diff is not None:
+            what = "class" if key == "classnames" else "class id"
+            raise fault(f"{what} {diff} is {theirs[diff]!r}, but {mine[diff]!r} in dataset {task.name!r} "
+                        "(a split of another dataset?)")
+    if split.shots < 1:
+        raise fault(f"shots {split.shots} must be at least 1")
+
+    every = [s for name in ("train", "val", "test") for s in task.split(name)]
+    every += [s for extra in task.extra_splits.values() for s in extra]
+    root = os.path.commonpath([_norm(s.path) for s in every]) if every else None
+    # (where the entries of each list must come from, that split's name)
+    pools = {"train": (task.train, "train"), "val": (task.val, "val") if task.val else (task.train, "train")}
+    n = task.num_classes
+    seen: dict[str, str] = {}
+    for part, samples in (("train", split.train), ("val", split.val)):
+        pool, pool_name = pools[part]
+        labels = {_norm(s.path): s.label for s in pool}
+        for s in samples:
+            path = _norm(s.path)
+            if not 0 <= s.label < n:
+                raise fault(f"{part} image {s.path} has label {s.label}, outside 0..{n - 1} "
+                            f"(dataset {task.name!r} has {n} classes)")
+            if root is not None and os.path.commonpath([root, path]) != root:
+                raise fault(f"{part} image {s.path} is outside the dataset's folder {root}")
+            if not os.path.isfile(path):
+                raise fault(f"{part} image {s.path} does not exist")
+            if path not in labels:
+                raise fault(f"{part} image {s.path} is not in the {pool_name} split of dataset {task.name!r}")
+            if labels[path] != s.label:
+                raise fault(f"{part} image {s.path} has label {s.label} ({task.classnames[s.label]!r}), but "
+                            f"{labels[path]} ({task.classnames[labels[path]]!r}) in dataset {task.name!r}")
+            if path in seen:
+                raise fault(f"{part} image {s.path} is listed twice (also in {seen[path]})")
+            seen[path] = part
+    # A "full" search split holds the dataset's whole validation split: no per-class cap on val then.
+    val_cap = min(split.shots, VAL_SHOTS_CAP) if split.search_split == "fewshot" else len(split.val)
+    for part, samples, cap in (("train", split.train, split.shots), ("val", split.val, val_cap)):
+        counts = Counter(s.label for s in samples)
+        for label in range(n):
+            have = counts.get(label, 0)
+            if have > cap:
+                raise fault(f"class {task.classnames[label]!r} has {have} {part} images, more than the "
+                            f"{'shots ' if part == 'train' else 'validation cap '}{cap} the file states")
+            if part == "train" and have < cap and not allow_fewer:
+                raise fault(f"class {task.classnames[label]!r} has {have} of the file's {cap} shots (pass "
+                            "--allow-fewer-shots if the split was made with it)")
+
+
+def shots_used(split: FewShotSplit, num_classes: int) -> tuple[int, int]:
+    """The fewest and the most training images any class has in ``split``."""
+    counts = Counter(s.label for s in split.train)
+    per_class = [counts.get(c, 0) for c in range(num_classes)]
+    return (min(per_class), max(per_class)) if per_class else (0, 0)

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from ..classifier import CosineClassifier
-from .base import FitContext, Method, TrainingError, parse_overrides
-from .clip_adapter import AdapterClassifier, ClipAdapter
-from .common import LinearClassifier
-from .coop import CoOp, PromptClassifier
+from ..classifier import CLASSIFIERS
+from .base import FitContext, Method, TrainingError, parse_overrides, validate_params
+from .clap import CLAP
+from .clip_adapter import ClipAdapter
+from .coop import CoOp
 from .gda import GDA
 from .linear_probe import LinearProbe
 from .lpp import LPP
 from .taskres import TaskRes
 from .taskres_enhanced import TaskResEnhanced
-from .tip_adapter import CacheClassifier, TipAdapter, TipAdapterF
-from .zeroshot import ZeroShot
+from .tip_adapter import TipAdapter, TipAdapterF
+from .zeroshot import ZeroShot, ZeroShotEnsemble
 
 METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShot,
+    "zeroshot_ens": ZeroShotEnsemble,
     "taskres": TaskRes,
     # comparison methods (issue 3)
     "linear_probe": LinearProbe,
@@ -27,23 +28,24 @@ METHODS: dict[str, type[Method]] = {
     "taskres_enhanced": TaskResEnhanced,
     "lpp": LPP,
     "gda": GDA,
+    "clap": CLAP,
 }
 
-# Classifier kinds that load_classifier understands.
-CLASSIFIERS = {
-    CosineClassifier.kind: CosineClassifier,
-    LinearClassifier.kind: LinearClassifier,
-    AdapterClassifier.kind: AdapterClassifier,
-    CacheClassifier.kind: CacheClassifier,
-    PromptClassifier.kind: PromptClassifier,
-}
+# The classifier kinds that load_classifier understands register themselves (taskres.classifier.CLASSIFIERS)
+# as the method modules above define them; it is re-exported here for callers that look for it beside METHODS.
 
 
 def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown --method {name!r}; choose from {', '.join(METHODS)}")
     cls = METHODS[name]
-    return cls(cls.Params(**parse_overrides(cls.Params, overrides)))
+    try:
+        params = cls.Params(**parse_overrides(cls.Params, overrides))
+    except TypeError as exc:  # a dict of overrides from the Python API with a key the Params do not take
+        raise ValueError(f"--method {name}: {exc}") from None
+    validate_params(params)
+    return cls(params)
 
 
-__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "get_method", "parse_overrides"]
+__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "get_method", "parse_overrides",
+           "validate_params"]

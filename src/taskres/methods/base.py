@@ -7,12 +7,16 @@ A method never touches files or images. What it may use of the backbone is the t
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from ..classifier import Classifier, ClassifierMeta
+
+log = logging.getLogger("taskres")
 
 
 class TrainingError(RuntimeError):
@@ -65,6 +69,10 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = dict
     description: ClassVar[str] = ""
+    # The RandomResizedCrop area range of the method's training views, as its reference code crops them;
+    # None: the un-augmented test transform. Default: Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py),
+    # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).
+    aug_scale: ClassVar[tuple[float, float] | None] = (0.08, 1.0)
 
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
@@ -112,6 +120,62 @@ def _convert(value, annotation, key):
     if "list" in text or "tuple" in text:
         return [float(v) for v in value.split(",")]
     return value
+
+
+# What every method's parameter of a given name must satisfy: (what the message says, the test). One table
+# for all methods, so a bad value fails when the method is built, before any image is encoded; a Params
+# class adds its own checks in a ``validate(self)`` method.
+_AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
+_AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+_POSITIVE = ("positive", lambda v: v > 0)
+PARAM_RULES: dict[str, tuple[str, Callable]] = {
+    **dict.fromkeys(("epochs", "proj_epochs", "warmup_epochs", "proj_warmup_epochs", "refine_steps"), _AT_LEAST_0),
+    **dict.fromkeys(("batch_size", "proj_batch_size", "n_ctx", "reduction", "max_iter", "alpha_every"),
+                    _AT_LEAST_1),
+    **dict.fromkeys(("lr", "eps", "c", "fallback_c", "init_scale"), _POSITIVE),
+    **dict.fromkeys(("warmup_lr", "weight_decay", "proj_weight_decay", "init_std", "alpha", "beta", "init_alpha",
+                     "init_beta", "fallback_alpha"), _AT_LEAST_0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+}
+# List-valued parameters: the rule each element obeys.
+LIST_RULES: dict[str, tuple[str, Callable]] = {
+    "proj_lrs": _POSITIVE, "c_grid": _POSITIVE, "alpha_grid": _AT_LEAST_0, "search_scale": _POSITIVE,
+    "search_step": _AT_LEAST_1,
+}
+
+
+def validate_params(params: Any) -> None:
+    """Check a method's parameters against :data:`PARAM_RULES` and its own ``validate``; one line per fault.
+
+    Non-finite numbers are refused everywhere. ``epochs=0`` is allowed (the untrained starting point) but
+    said out loud, so that a run that learned nothing is never reported silently as a trained one.
+    """
+    if not dataclasses.is_dataclass(params):
+        return
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        rule = LIST_RULES.get(f.name) if isinstance(value, (list, tuple)) else PARAM_RULES.get(f.name)
+        for v in values:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ValueError(f"--set {f.name} takes numbers, not {_show(value)}")
+            if not math.isfinite(v):
+                raise ValueError(f"--set {f.name} must be a finite number, not {_show(value)}")
+            if rule is not None and not rule[1](v):
+                each = " (each value)" if isinstance(value, (list, tuple)) else ""
+                raise ValueError(f"--set {f.name} must be {rule[0]}{each}, not {_show(value)}")
+    if getattr(params, "epochs", None) == 0:
+        log.warning("--set epochs=0: no training step is taken; the classifier is the method's starting point")
+    own = getattr(params, "validate", None)
+    if callable(own):
+        own()
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 MethodFactory = Callable[..., Method]

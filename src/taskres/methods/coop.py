@@ -117,9 +117,11 @@ class PromptClassifier(CosineClassifier):
         return cls(meta, tensors["base"], tensors["context"], config["logit_scale"])
 
 
-def prompt_features(tower: TextTower, learner: PromptLearner) -> torch.Tensor:
-    """g([v, name_c]) for every class of ``learner``: the prompts through the frozen text encoder."""
-    return tower.project(tower.pooled(learner(), learner.tokens), *tower.projection())
+def prompt_features(tower: TextTower, learner: PromptLearner, prefix_only: bool = False) -> torch.Tensor:
+    """g([v, name_c]) for every class of ``learner``: the prompts through the frozen text encoder.
+
+    ``prefix_only`` (training steps): skip the padding after the prompts, see TextTower.pooled."""
+    return tower.project(tower.pooled(learner(), learner.tokens, prefix_only), *tower.projection())
 
 
 @dataclass
@@ -146,7 +148,7 @@ class CoOp(Method):
         device = tower.device
 
         def loss_fn(feats, labels):
-            text = F.normalize(prompt_features(tower, learner), dim=-1)
+            text = F.normalize(prompt_features(tower, learner, prefix_only=True), dim=-1)
             logits = scale * F.normalize(feats, dim=-1) @ text.t()
             return F.cross_entropy(logits, labels)
 

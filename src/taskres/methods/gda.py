@@ -9,9 +9,14 @@ rule gives a linear classifier:
 
 mu_c are the class means of the few shots; Sigma^-1 is the authors' shrinkage estimate from the class-centred
 shots (their code calls it the KS estimator): D * pinv((N-1) S + tr(S) I), S the sample covariance. alpha is
-searched on the few-shot validation split over 10^-4 .. 10^4, the grid of the released code. Training-free.
-The training samples are every cached augmented view (the authors build their statistics from augmented
-views, as Tip-Adapter's cache). Since both terms are linear in f, the export is one ``LinearClassifier``.
+searched over 10^-4 .. 10^2, the grid of the released code (mrflogs/ICLR24 main_few_shots.py: [0.0001, ...,
+100.0], strict '>' from 0, best_alpha 0.1 when nothing beats 0). Training-free. The training samples are every
+cached augmented view (the release stacks augment_epoch = 10 passes, configs/few_shots/*.yaml, cropped with
+scale 0.5-1, main_few_shots.py train_tranform). Since both terms are linear in f, the export is one
+``LinearClassifier``. Not the release's behaviour: alpha is searched on the split ``--search-split`` names
+(min(K, 4) per class by default; the release searches the whole val split, ``full``, and on ImageNet the test
+set, which this project never does); the text weights are the template mean of unnormalised embeddings,
+normalised (the release normalises each template first: the same for the single-template datasets).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from .common import (LinearClassifier, accuracy, check_classes, has_val, normali
 @dataclass
 class GDAParams:
     alpha: float | None = None  # None: searched on the val split; a number fixes it (0 = zero-shot CLIP)
-    alpha_grid: list = field(default_factory=lambda: [10.0 ** i for i in range(-4, 5)])
+    alpha_grid: list = field(default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
     fallback_alpha: float = 0.1  # without a val split: the released code's starting value
     train_views: str = "all"
 
@@ -55,6 +60,7 @@ class GDA(Method):
     name = "gda"
     Params = GDAParams
     description = "GDA: training-free Gaussian discriminant analysis blended with zero-shot CLIP"
+    aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or GDAParams()

@@ -1,13 +1,18 @@
 """Linear-probe CLIP, as CLIP (Radford et al., 2021, appendix A.3) and CoOp's ``lpclip`` run it.
 
-Multinomial logistic regression with an L2 penalty on L2-normalised image features, solved with L-BFGS.
-The penalty follows scikit-learn's convention (CoOp's script calls ``LogisticRegression(C=...)``):
+Multinomial logistic regression with an L2 penalty on the raw image features, solved with L-BFGS. As
+lpclip/feat_extractor.py: each training image once, under the test transform (``build_transform(cfg,
+is_train=False)``: no augmentation, ``aug_scale = None``), features straight from ``clip_model.visual``, not
+normalised (``normalize=True`` is an option, not the release's behaviour). The penalty follows
+scikit-learn's convention (CoOp's script calls ``LogisticRegression(C=...)``):
 
     minimise  0.5 * |W|^2 + C * sum_i CE(W f_i + b, y_i)      (the bias is not penalised)
 
 which we solve in the equivalent scaled form mean_i CE + |W|^2 / (2 C N). C is searched on the few-shot
 validation split: first the coarse grid 1e6, 1e4, ..., 1e-6, then CoOp's bisection in log space around the
-best value (8 steps). Only ``ctx`` is read: the training features, and the val split for the search.
+best value (8 steps). The validation images are min(K, 4) per class (lpclip/linear_probe.py val_shot_list),
+the default ``--search-split fewshot``. Not the release's behaviour: L-BFGS is torch's (from zeros, tolerance
+1e-4) rather than scikit-learn's. Only ``ctx`` is read: the training features, and the val split.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class LinearProbeParams:
     refine_steps: int = 8
     max_iter: int = 1000
     fallback_c: float = 1.0  # without a val split (scikit-learn's default C)
-    normalize: bool = True  # L2-normalise the features (CLIP's own logits do)
+    normalize: bool = False  # lpclip fits the raw features (feat_extractor.py: clip_model.visual(data))
     train_views: str = "mean"  # "mean" of the cached views per image, "all" views as samples, or "one"
     device: str = "auto"  # where L-BFGS runs: "auto" (a GPU if there is one), "cpu", "cuda", ...
 
@@ -94,6 +99,7 @@ class LinearProbe(Method):
     name = "linear_probe"
     Params = LinearProbeParams
     description = "linear-probe CLIP: L2 logistic regression (L-BFGS), C searched on the val split"
+    aug_scale = None  # lpclip/feat_extractor.py: build_transform(cfg, is_train=False), the test transform
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LinearProbeParams()

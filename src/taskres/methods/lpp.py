@@ -9,16 +9,22 @@ normalised zero-shot text weights t_c,
 learned by block-coordinate descent with data-driven step sizes (the paper's Lipschitz bounds) instead of a
 learning-rate search. What follows mirrors the authors' released code (FereshteShakeri/FewShot-CLIP-Strong-
 Baseline, methods/linear_probe_p2.py), which we read to check the details:
-- init: w_c = sum of the class's training features; every alpha_c = 250 * the mean, over classes k and c, of
-  the class-k mean of f . t_c (its ``calculate_init_alpha``); b = 0 (the released code keeps nn.Linear's random
-  bias; zero keeps our fit free of that incidental draw).
+- init: w_c = sum of the class's training features; every alpha_c = 250 * the mean over classes c of the
+  class-c mean of f . t_c, each class scored by its own text weight only (``calculate_init_alpha`` via
+  ``compute_centroids_alpha``, whose one-hot mask keeps the own-class score); b = 0 (the released code keeps
+  nn.Linear's random bias; zero keeps our fit free of that incidental draw).
 - steps: lr_w = 4 N / lambda_max(F^T F), SGD with momentum 0.9 on (w, b) every epoch, full batch;
   lr_alpha = N / (4 max_c sum_i (f_i . t_c)^2), a plain gradient step on alpha every 10 epochs.
 - 300 epochs (its base.yaml ``train_epoch``); the epoch with the best validation accuracy is kept.
 The released code never zeroes alpha's gradient, so each alpha step uses the gradients summed over all
 epochs so far; ``alpha_grad="accumulated"`` (default) reproduces that, ``"current"`` steps on the current
 gradient, the textbook block-coordinate step.
-The training features are one augmented view per image, as its single pass over the augmented loader.
+The training features are one augmented view per image, as its single pass over the augmented loader, cropped
+with scale 0.5-1 (main.py train_tranform). Not the release's behaviour: the epoch is selected on the split
+``--search-split`` names (main.py draws K images per class from the val split: ``generate_fewshot_dataset_(
+shots, split="val")``; ``fewshot`` takes min(K, 4), ``full`` the whole split); the text weights are the
+template mean of unnormalised embeddings, normalised (the release normalises each template first: the same
+for the single-template datasets).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from .training import check_finite
 class LPPParams:
     epochs: int = 300  # configs/base.yaml: train_epoch 300 (linear probe / LP++)
     alpha_every: int = 10  # alpha is updated every 10 epochs
-    init_scale: float = 250.0  # alpha_init = 250 * mean class-mean text score
+    init_scale: float = 250.0  # alpha_init = 250 * mean over c of the class-c mean of f . t_c
     momentum: float = 0.9  # torch.optim.SGD(classifier.parameters(), lr_w, momentum=0.9)
     alpha_grad: str = "accumulated"  # "accumulated" (as released) | "current"
     train_views: str = "one"  # one augmented view per image; "mean" or "all" to use every cached view
@@ -57,11 +63,18 @@ def lpp_step_sizes(x: torch.Tensor, text_scores: torch.Tensor) -> tuple[float, f
     return lr_w, lr_alpha
 
 
+def init_alpha(scores: torch.Tensor, y: torch.Tensor, num_classes: int, scale: float) -> float:
+    """scale * mean_c (mean over the class-c images i of f_i . t_c): each class's own text score only."""
+    class_means = class_sums(scores, y, num_classes) / torch.bincount(y, minlength=num_classes).clamp(min=1)[:, None]
+    return scale * float(class_means.diagonal().mean())
+
+
 @dataclass
 class LPP(Method):
     name = "lpp"
     Params = LPPParams
     description = "LP++: linear probe blended with learnable per-class text weights, data-driven step sizes"
+    aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LPPParams()
@@ -76,8 +89,7 @@ class LPP(Method):
         text = normalized_text(ctx)  # t_c
         c = ctx.num_classes
         scores = x @ text.t()  # f_i . t_c, fixed during training
-        class_mean_scores = class_sums(scores, y, c) / torch.bincount(y, minlength=c).clamp(min=1)[:, None]
-        alpha0 = params.init_scale * float(class_mean_scores.mean())
+        alpha0 = init_alpha(scores, y, c, params.init_scale)
         lr_w, lr_alpha = lpp_step_sizes(x, scores)
 
         weight = torch.nn.Parameter(class_sums(x, y, c))  # visual prototypes (class sums, as released)

@@ -21,7 +21,7 @@ from .fused import available as fused_available
 from .products import check_choice, choose_products
 from .training import Schedule, resolve_device, train_loop
 
-RN50_NAMES = ("RN50",)
+RN50_NAMES = ("RN50", "RN50-quickgelu")  # one architecture: the -quickgelu name only sets the activation
 
 
 @dataclass
@@ -38,6 +38,11 @@ class TaskResParams:
     #   bf16 where a short probe measures it faster on this machine, else fp32 (products.py)
     fused: bool = True  # on the CPU: fused kernels for the passes over the weights, if numba is installed
     device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
+
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"--set gradient must be one of {', '.join(GRADIENTS)}, not {self.gradient!r}")
+        check_products(self.products)
 
 
 def reference_defaults(task_name: str, backbone_model: str, shots: int, dataset_alpha: float,
@@ -60,6 +65,7 @@ def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.T
 
 
 PRODUCTS = ("fp32", "bf16")
+GRADIENTS = ("closed_form", "autograd")
 
 
 def check_products(products: str) -> None:

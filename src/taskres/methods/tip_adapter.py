@@ -2,21 +2,31 @@
 Classification", ECCV 2022).
 
 A key-value cache built from the few shots: keys K = normalised training features (the mean of each image's
-augmented views, as the reference averages 10 augmented passes), values V = one-hot labels. For a normalised
-image feature f:
+augmented views, as the reference averages ``augment_epoch`` = 10 augmented passes), values V = one-hot labels.
+For a normalised image feature f:
 
     A = f @ K^T                                   (cosine affinities)
     logits = s * f @ normalize(t)^T + alpha * exp(-beta * (1 - A)) @ V
 
-with s = exp(logit_scale) (100 for CLIP; the reference writes 100). alpha and beta are searched on the few-shot
-validation split over the reference's grid. Tip-Adapter-F also fine-tunes the keys (AdamW, lr 0.001, 20 epochs,
-batch 256, per-step cosine), keeping the epoch with the best validation accuracy (the reference picks that
-epoch on the test set; here the test set is never seen), then searches alpha and beta again.
+with s = exp(logit_scale) (100 for CLIP; the reference writes 100). As the release (gaopengcuhk/Tip-Adapter):
+- per-dataset settings (``TIP_ADAPTER_CONFIGS``, from its configs/<dataset>.yaml): the search ranges
+  ``search_scale`` [beta, alpha], the initial alpha/beta and Tip-Adapter-F's epochs (100 on EuroSAT, else 20);
+  a dataset without a config file (a folder, a demo task) gets imagenet.yaml's values;
+- the search (utils.py search_hp): beta_i = 0.1 + i (B - 0.1) / 200, alpha_j = 0.1 + j (A - 0.1) / 20, every
+  pair, the first best (strict '>') wins;
+- views: RandomResizedCrop scale 0.5-1, bicubic, flip (main.py train_tranform; datasets/imagenet.py);
+- Tip-Adapter-F: AdamW(lr 0.001, eps 1e-4), per-step cosine over 20 epochs, batch 256, alpha/beta fixed at
+  their initial values while the keys train, then searched again.
+Not the release's behaviour: the search runs on the split ``--search-split`` names (min(K, 4) per class by
+default; ``full`` is the val split the release searches for 10 datasets; its ImageNet script searches the test
+set, which this project never does); Tip-Adapter-F keeps the epoch with the best *validation* accuracy (the
+release picks it on the test set); the release's text classifier normalises each template's embedding before
+averaging (``normalized_text``: the same for the single-template datasets).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,27 +38,68 @@ from .common import (StepCosine, accuracy, check_classes, check_epochs, has_val,
 from .training import epoch_batches
 
 
+@dataclass(frozen=True)
+class TipConfig:
+    """One dataset's settings in the release's configs/<dataset>.yaml."""
+
+    search_scale: tuple[float, float]  # largest beta, largest alpha of the search
+    init_alpha: float
+    init_beta: float
+    epochs: int  # train_epoch (Tip-Adapter-F)
+
+
+# dataset -> its configs/*.yaml in gaopengcuhk/Tip-Adapter (search_step [200, 20], lr 0.001, augment_epoch 10
+# in every file).
+TIP_ADAPTER_CONFIGS: dict[str, TipConfig] = {
+    "imagenet": TipConfig((7, 3), 1.17, 1, 20),  # configs/imagenet.yaml
+    "caltech101": TipConfig((12, 5), 3, 1, 20),  # configs/caltech101.yaml
+    "oxford_pets": TipConfig((7, 3), 1.17, 1, 20),  # configs/oxford_pets.yaml
+    "stanford_cars": TipConfig((20, 10), 3, 1, 20),  # configs/stanford_cars.yaml
+    "oxford_flowers": TipConfig((50, 50), 10, 1, 20),  # configs/oxford_flowers.yaml
+    "food101": TipConfig((10, 10), 1.17, 1, 20),  # configs/food101.yaml
+    "fgvc_aircraft": TipConfig((30, 30), 5, 1, 20),  # configs/fgvc.yaml
+    "sun397": TipConfig((12, 10), 1.17, 1, 20),  # configs/sun397.yaml
+    "dtd": TipConfig((13, 13), 2, 1, 20),  # configs/dtd.yaml
+    "eurosat": TipConfig((12, 10), 2, 1, 100),  # configs/eurosat.yaml
+    "ucf101": TipConfig((7, 3), 3, 1, 20),  # configs/ucf101.yaml
+}
+TIP_FALLBACK = "imagenet"  # datasets without a config file of their own
+
+
+def tip_config(task_name: str) -> TipConfig:
+    return TIP_ADAPTER_CONFIGS.get(task_name, TIP_ADAPTER_CONFIGS[TIP_FALLBACK])
+
+
 @dataclass
 class TipAdapterParams:
-    # Source: gaopengcuhk/Tip-Adapter configs/imagenet.yaml and oxford_pets.yaml (other datasets' files
-    # use their own scales, e.g. dtd [13, 13], eurosat [12, 10]; pass them with --set search_scale=B,A).
+    # None: the dataset's value in TIP_ADAPTER_CONFIGS (resolved_params).
     alpha: float | None = None  # None: searched on the val split; a number fixes it (0 = zero-shot CLIP)
     beta: float | None = None  # None: searched on the val split
-    init_alpha: float = 1.17  # used without a val split, and while fine-tuning the keys (Tip-Adapter-F)
-    init_beta: float = 1.0
-    search_scale: list = field(default_factory=lambda: [7.0, 3.0])  # largest beta, largest alpha
-    search_step: list = field(default_factory=lambda: [200, 20])  # grid points for beta, alpha
+    init_alpha: float | None = None  # used without a val split, and while fine-tuning the keys (Tip-Adapter-F)
+    init_beta: float | None = None
+    search_scale: list | None = None  # largest beta, largest alpha
+    search_step: list = field(default_factory=lambda: [200, 20])  # grid points for beta, alpha (every yaml)
     keys: str = "mean"  # cache keys: "mean" of each image's cached views, or "one" view each
 
 
 @dataclass
 class TipAdapterFParams(TipAdapterParams):
-    # Source: Tip-Adapter main.py run_tip_adapter_F and configs/*.yaml (lr 0.001, train_epoch 20, batch 256).
+    # Source: Tip-Adapter main.py run_tip_adapter_F and configs/*.yaml (lr 0.001, train_epoch, batch 256).
     lr: float = 0.001
-    epochs: int = 20
+    epochs: int | None = None  # None: the dataset's train_epoch (20; 100 on EuroSAT)
     batch_size: int = 256
     eps: float = 1e-4  # torch.optim.AdamW(..., eps=1e-4)
     weight_decay: float = 0.01  # AdamW's default, which the reference keeps
+
+
+def resolve_tip_params(params, task_name: str):
+    """Fill the dataset's values (TIP_ADAPTER_CONFIGS) into the parameters left at None."""
+    ref = tip_config(task_name)
+    values = {"init_alpha": ref.init_alpha, "init_beta": ref.init_beta, "search_scale": list(ref.search_scale)}
+    if hasattr(params, "epochs"):
+        values["epochs"] = ref.epochs
+    return replace(params, **{k: float(v) if k.startswith("init") else v for k, v in values.items()
+                              if getattr(params, k) is None})
 
 
 def cache_logits(features_normed: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -141,9 +192,13 @@ class TipAdapter(Method):
     name = "tip_adapter"
     Params = TipAdapterParams
     description = "Tip-Adapter: training-free key-value cache of the few shots, alpha/beta searched on val"
+    aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+
+    def resolved_params(self, ctx: FitContext) -> TipAdapterParams:
+        return resolve_tip_params(self.params or self.Params(), ctx.task_name)
 
     def fit(self, ctx: FitContext) -> CacheClassifier:
-        params = self.params or TipAdapterParams()
+        params = self.resolved_params(ctx)
         keys, values, labels = build_cache(ctx, params.keys)
         text = normalized_text(ctx)
         alpha, beta, val_acc = search_alpha_beta(params, keys, values, text, ctx)
@@ -155,10 +210,14 @@ class TipAdapter(Method):
 class TipAdapterF(Method):
     name = "tip_adapter_f"
     Params = TipAdapterFParams
-    description = "Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs)"
+    description = "Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs; 100 on EuroSAT)"
+    aug_scale = (0.5, 1.0)  # main.py: train_loader_F uses the same train_tranform (scale 0.5-1)
+
+    def resolved_params(self, ctx: FitContext) -> TipAdapterFParams:
+        return resolve_tip_params(self.params or self.Params(), ctx.task_name)
 
     def fit(self, ctx: FitContext) -> CacheClassifier:
-        params = self.params or TipAdapterFParams()
+        params = self.resolved_params(ctx)
         check_epochs(params.epochs)
         require_positive("lr", params.lr)
         keys0, values, labels = build_cache(ctx, params.keys)
