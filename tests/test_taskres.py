@@ -67,20 +67,6 @@ def test_closed_form_gradient_matches_autograd(alpha):
     torch.testing.assert_close(closed_grad, x.grad)
 
 
-def test_closed_form_and_autograd_training_agree_step_for_step():
-    ctx = separable_context(views=3)
-    losses = {}
-    results = {}
-    for mode in ("closed_form", "autograd"):
-        rec = []
-        clf = TaskRes(TaskResParams(epochs=6, lr=2e-3, batch_size=8, gradient=mode)).fit(
-            ctx, on_step=lambda e, s, lr, loss: rec.append(loss))
-        losses[mode], results[mode] = rec, clf.residual
-    assert len(losses["closed_form"]) == 6 * 5
-    torch.testing.assert_close(torch.tensor(losses["closed_form"]), torch.tensor(losses["autograd"]))
-    torch.testing.assert_close(results["closed_form"], results["autograd"], rtol=1e-4, atol=1e-6)
-
-
 def test_optimiser_is_adam_with_coupled_weight_decay():
     """One step by hand: Adam whose gradient includes 5e-4 * x (L2), not AdamW's decoupled decay."""
     ctx = separable_context(n_per_class=2)
@@ -334,3 +320,96 @@ def test_bf16_falls_back_to_torch_without_numba(monkeypatch):
     assert clf.residual.abs().sum() > 0
     with pytest.raises(RuntimeError, match="need numba"):
         fused.FusedBf16Adam(ctx.text_classifier, torch.zeros(C, D), 0.5, 1e-3, 5e-4)
+
+
+def test_fused_fp32_kernel_is_torch_adam_and_remakes_the_weights():
+    """One kernel: gradient product - coef t', coupled L2, Adam (as CoupledAdam, to round-off), and the next
+    step's t' = t + alpha x with its norms."""
+    pytest.importorskip("numba")
+    from taskres.methods.fused import FusedFp32Adam
+    from taskres.methods.training import CoupledAdam
+
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(37, 300, generator=g)
+    x0 = 0.1 * torch.randn(37, 300, generator=g)
+    fused = FusedFp32Adam(base, x0.clone(), 0.5, 1e-3, 5e-4)
+    ref = x0.clone()
+    adam = CoupledAdam(ref, 1e-3, 5e-4)
+    for lr in (1e-5, 2e-3, 1e-3, 5e-4):
+        weights, norms = fused.weights()
+        expected = base + 0.5 * ref
+        torch.testing.assert_close(weights, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(norms, expected.norm(dim=1), rtol=1e-6, atol=0)
+        product, coef = torch.randn(37, 300, generator=g), torch.randn(37, generator=g)
+        fused.lr = adam.lr = lr
+        fused.step(product, coef)
+        adam.step(product - coef[:, None] * expected)
+        torch.testing.assert_close(fused.residual, ref, rtol=1e-6, atol=5e-8)
+        torch.testing.assert_close(fused.exp_avg, adam.exp_avg, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fused.exp_avg_sq, adam.exp_avg_sq, rtol=1e-5, atol=1e-8)
+    assert not torch.equal(fused.residual, x0)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        fused.step(product.t(), coef)
+
+
+def test_fused_fp32_step_is_the_torch_fp32_step_step_for_step():
+    """FusedStep("fp32") against ResidualGradient + CoupledAdam on the same batches: losses and residuals to
+    round-off, at every step."""
+    pytest.importorskip("numba")
+    from taskres.methods.taskres import FusedStep, ResidualGradient
+    from taskres.methods.training import CoupledAdam
+
+    g = torch.Generator().manual_seed(9)
+    classes, dim = 23, 64
+    base = torch.randn(classes, dim, generator=g)
+    feats = F.normalize(torch.randn(200, dim, generator=g), dim=-1)
+    labels = torch.randint(classes, (200,), generator=g)
+    fused_x, ref_x = torch.zeros(classes, dim), torch.zeros(classes, dim)
+    fused = FusedStep(base, fused_x, 0.5, 100.0, 1e-3, 5e-4, "fp32")
+    step, adam = ResidualGradient(base, 0.5, 100.0), CoupledAdam(ref_x, 1e-3, 5e-4)
+    for i, idx in enumerate(epoch_batches(200, 32, torch.Generator().manual_seed(0)) * 4):
+        lr = 1e-5 if i == 0 else 5e-3
+        loss = fused(feats[idx], labels[idx], lr)
+        ref_loss, grad = step(feats[idx], labels[idx], ref_x)
+        adam.lr = lr
+        adam.step(grad)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused_x, ref_x, rtol=1e-5, atol=1e-6)
+    assert ref_x.abs().max() > 1e-2  # it trained
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_closed_form_training_agrees_with_autograd_fused_or_not(fused):
+    """The H1-style exactness for both closed-form paths: the fused fp32 step and the torch one."""
+    if fused:
+        pytest.importorskip("numba")
+    ctx = separable_context(views=3)
+    rec = {"closed_form": [], "autograd": []}
+    out = {}
+    for mode in rec:
+        out[mode] = TaskRes(TaskResParams(epochs=6, lr=2e-3, batch_size=8, gradient=mode, fused=fused)).fit(
+            ctx, on_step=lambda e, s, lr, loss: rec[mode].append(loss)).residual
+    assert len(rec["closed_form"]) == 6 * 5
+    torch.testing.assert_close(torch.tensor(rec["closed_form"]), torch.tensor(rec["autograd"]))
+    torch.testing.assert_close(out["closed_form"], out["autograd"], rtol=1e-4, atol=1e-6)
+
+
+def test_fp32_runs_fused_when_numba_is_there_and_matches_the_torch_path(monkeypatch):
+    pytest.importorskip("numba")
+    from taskres.methods import taskres as taskres_module
+
+    made = []
+    ctx = separable_context(n_per_class=16, views=2)
+    params = dict(epochs=20, lr=5e-3, batch_size=16)
+
+    class Recording(taskres_module.FusedStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.products)
+
+    monkeypatch.setattr(taskres_module, "FusedStep", Recording)
+    fused = TaskRes(TaskResParams(**params)).fit(ctx)
+    plain = TaskRes(TaskResParams(**params, fused=False)).fit(ctx)
+    assert made == ["fp32"]
+    torch.testing.assert_close(fused.residual, plain.residual, rtol=1e-4, atol=1e-6)
+    assert fused.meta.extra["loss_history"] == pytest.approx(plain.meta.extra["loss_history"], rel=1e-5)

@@ -222,6 +222,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="taskres: %(levelname)s: %(message)s")
+    logging.getLogger("taskres").setLevel(logging.INFO)  # our own one-line notes (e.g. products=auto's choice)
     args = build_parser().parse_args(argv)
     if getattr(args, "eval_split", "unset") is None:
         args.eval_split = ["test"]

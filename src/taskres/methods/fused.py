@@ -1,8 +1,11 @@
-"""Fused CPU kernels for TaskRes's bf16-products step (optional: they need numba, ``pip install taskres[fast]``).
+"""Fused CPU kernels for TaskRes's step (optional: they need numba, ``pip install taskres[fast]``).
 
-A TaskRes step at ImageNet scale is two bf16 matrix products plus memory-bound passes over the [C, D]
-weights: t' = t + alpha x, its row norms, its bf16 copy, the gradient's correction term, and Adam over x
-and its two moments. In torch these are six kernels; here they are two, each one pass over its rows:
+A TaskRes step at ImageNet scale is two matrix products plus memory-bound passes over the [C, D] weights:
+t' = t + alpha x, its row norms, (in bf16) its bf16 copy, the gradient's correction term, and Adam over x
+and its two moments. In torch these are five or six kernels, each reading and writing 4 MB arrays; here
+each path has one or two, each one pass over its rows:
+
+bf16 products:
 
 - ``weights_bf16``: t' = t + alpha x -> its bf16 copy (round to nearest even, as torch's conversion) and
   the row norms |t'_c|.
@@ -10,9 +13,17 @@ and its two moments. In torch these are six kernels; here they are two, each one
   scalings of ``ResidualGradient`` already in g), plus Adam's coupled weight decay, then the Adam update of
   x, m and v: the same arithmetic as torch's Adam (a test holds the two together).
 
-Both run over rows in parallel. The row-norm sum and the Adam arithmetic are compiled with fast-math, which
-lets the compiler reorder the sum and vectorise. They are used only on the bf16 path, which rounds the
-products' operands anyway; the fp32 path stays plain torch.
+fp32 products (the faithful default):
+
+- ``adam_weights_fp32``: the same gradient and Adam update, and in the same sweep the next step's
+  t' = t + alpha x and its row norms, so a step is the two products, the [B, C] softmax part and this one
+  kernel. Its arithmetic is torch's, operation for operation (``x + wd x`` coupled decay, ``lerp`` for the
+  first moment, ``sqrt(v) / sqrt(1 - beta2^k) + eps``); only the order of the norm's sum differs.
+
+All run over rows in parallel. The bf16 kernels are compiled with full fast-math (the products' operands
+are rounded to 8 bits anyway). The fp32 kernel allows only reassociation and fused multiply-adds (what
+vectorising the norm's sum needs): no approximate reciprocals or square roots, so it stays within
+round-off of torch's fp32 step (tests hold it there).
 """
 
 from __future__ import annotations
@@ -66,7 +77,28 @@ def _kernels():
                 v[c, d] = vv
                 x[c, d] = xv - step_size * mv / (np.sqrt(vv) * inv_bias2_sqrt + eps)
 
-    return numba, weights_bf16, adam_step
+    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    def adam_weights_fp32(grad, coef, base, x, alpha, m, v, step_size, one_minus_b1, beta2, one_minus_b2, eps,
+                          weight_decay, bias2_sqrt, weights, norms):  # pragma: no cover - compiled
+        rows, cols = base.shape
+        for c in numba.prange(rows):
+            k = coef[c]
+            acc = np.float32(0.0)
+            for d in range(cols):
+                xv = x[c, d]
+                g = (grad[c, d] - k * weights[c, d]) + weight_decay * xv  # dL/dx + coupled L2
+                mv = m[c, d] + one_minus_b1 * (g - m[c, d])
+                vv = beta2 * v[c, d] + one_minus_b2 * g * g
+                m[c, d] = mv
+                v[c, d] = vv
+                xn = xv - step_size * mv / (np.sqrt(vv) / bias2_sqrt + eps)
+                x[c, d] = xn
+                w = base[c, d] + alpha * xn  # the next step's t'
+                weights[c, d] = w
+                acc += w * w
+            norms[c] = np.sqrt(acc)
+
+    return numba, weights_bf16, adam_step, adam_weights_fp32
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -74,25 +106,40 @@ def _bits(t: torch.Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy().view(np.uint16)
 
 
-class FusedBf16Adam:
+class _FusedAdam:
     """The residual x, Adam's moments and the step count, updated by the fused kernels (CPU, float32)."""
 
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, lr: float, weight_decay: float,
                  betas=(0.9, 0.999), eps: float = 1e-8):
         if not available():
             raise RuntimeError("the fused kernels need numba (pip install taskres[fast])")
-        numba, self._weights_kernel, self._adam_kernel = _kernels()
+        numba, self._weights_kernel, self._adam_kernel, self._fp32_kernel = _kernels()
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        if base.dtype != torch.float32 or residual.dtype != torch.float32 or not residual.is_contiguous():
+        if base.dtype != torch.float32 or residual.dtype != torch.float32 or not residual.is_contiguous() \
+                or base.device.type != "cpu" or residual.device.type != "cpu":
             raise ValueError("the fused kernels take contiguous float32 CPU tensors")
         self.base, self.residual = base.contiguous(), residual  # residual: updated in place
         self.alpha, self.lr, self.weight_decay, self.betas, self.eps = alpha, lr, weight_decay, betas, eps
         self.exp_avg = torch.zeros_like(residual)
         self.exp_avg_sq = torch.zeros_like(residual)
         self.steps = 0
-        self.low = torch.empty_like(base, dtype=torch.bfloat16)  # bf16 t'
         self.norms = torch.empty(base.shape[0], dtype=torch.float32)
         self._np = [a.numpy() for a in (self.base, residual, self.exp_avg, self.exp_avg_sq, self.norms)]
+
+    def _next(self) -> tuple[np.float32, float]:
+        """Count a step; Adam's bias-corrected step size (float32) and sqrt(1 - beta2^k) (float64)."""
+        self.steps += 1
+        beta1, beta2 = self.betas
+        return np.float32(self.lr / (1 - beta1 ** self.steps)), math.sqrt(1 - beta2 ** self.steps)
+
+
+class FusedBf16Adam(_FusedAdam):
+    """For bf16 products: t' is made from x (in bf16, with its norms) before each step's products."""
+
+    def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, lr: float, weight_decay: float,
+                 betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(base, residual, alpha, lr, weight_decay, betas, eps)
+        self.low = torch.empty_like(base, dtype=torch.bfloat16)  # bf16 t'
         self._low_bits = _bits(self.low)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,10 +150,39 @@ class FusedBf16Adam:
 
     def step(self, product: torch.Tensor, coef: torch.Tensor) -> None:
         """One Adam step with the gradient ``product - coef[:, None] * t'`` (``product`` bf16 [C, D])."""
-        self.steps += 1
+        step_size, bias2_sqrt = self._next()
         beta1, beta2 = self.betas
         base, x, m, v, _ = self._np
         self._adam_kernel(_bits(product.contiguous()), coef.float().contiguous().numpy(), base, x,
-                          np.float32(self.alpha), m, v, np.float32(self.lr / (1 - beta1 ** self.steps)),
-                          np.float32(beta1), np.float32(beta2), np.float32(self.eps), np.float32(self.weight_decay),
-                          np.float32(1 / math.sqrt(1 - beta2 ** self.steps)))
+                          np.float32(self.alpha), m, v, step_size, np.float32(beta1), np.float32(beta2),
+                          np.float32(self.eps), np.float32(self.weight_decay), np.float32(1 / bias2_sqrt))
+
+
+class FusedFp32Adam(_FusedAdam):
+    """For fp32 products: t' (float32) and its norms are kept, and remade by each step's kernel from the
+    updated x, so that a step is the products, the softmax part and one pass over the weights."""
+
+    def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, lr: float, weight_decay: float,
+                 betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(base, residual, alpha, lr, weight_decay, betas, eps)
+        self.current = torch.add(self.base, residual, alpha=alpha)  # t' for the first step
+        torch.linalg.vector_norm(self.current, dim=1, out=self.norms)
+        self._current = self.current.numpy()
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """t' = t + alpha x and its norms, for the current x."""
+        return self.current, self.norms
+
+    def step(self, product: torch.Tensor, coef: torch.Tensor) -> None:
+        """One Adam step with the gradient ``product - coef[:, None] * t'`` (``product`` float32 [C, D]); t' and
+        its norms are then those of the updated x."""
+        if product.dtype != torch.float32 or not product.is_contiguous():
+            raise ValueError("the fused fp32 step takes a contiguous float32 product")
+        step_size, bias2_sqrt = self._next()
+        beta1, beta2 = self.betas
+        base, x, m, v, norms = self._np
+        # 1 - beta in double, then rounded, as torch does (1 - float32(0.999) would be 1.3e-5 off)
+        self._fp32_kernel(product.numpy(), coef.float().contiguous().numpy(), base, x, np.float32(self.alpha), m, v,
+                          step_size, np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
+                          np.float32(self.eps), np.float32(self.weight_decay), np.float32(bias2_sqrt), self._current,
+                          norms)

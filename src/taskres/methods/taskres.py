@@ -21,6 +21,7 @@ from . import autotune
 from .autotune import check_auto_params
 from .base import FitContext, Method
 from .fused import available as fused_available
+from .products import check_choice, choose_products
 from .training import Schedule, resolve_device, train_loop
 
 RN50_NAMES = ("RN50", "RN50-quickgelu")  # one architecture: the -quickgelu name only sets the activation
@@ -37,14 +38,15 @@ class TaskResParams:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     gradient: str = "closed_form"  # "closed_form" (fast, exact) | "autograd"
-    products: str = "fp32"  # "fp32" (faithful) | "bf16": bf16 operands for the two matrix products
-    fused: bool = True  # bf16 on the CPU: fused kernels for the passes over the weights, if numba is installed
+    products: str = "fp32"  # "fp32" (faithful) | "bf16": bf16 operands for the two matrix products | "auto":
+    #   bf16 where a short probe measures it faster on this machine, else fp32 (products.py)
+    fused: bool = True  # on the CPU: fused kernels for the passes over the weights, if numba is installed
     device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
 
     def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
         if self.gradient not in GRADIENTS:
             raise ValueError(f"--set gradient must be one of {', '.join(GRADIENTS)}, not {self.gradient!r}")
-        check_products(self.products)
+        check_choice(self.products)  # "auto" too: resolved to fp32 or bf16 in fit
 
 
 def reference_defaults(task_name: str, backbone_model: str, shots: int, dataset_alpha: float,
@@ -164,23 +166,36 @@ def taskres_loss_and_grad(feats_normed: torch.Tensor, labels: torch.Tensor, base
 
 
 class FusedStep:
-    """A whole bf16-products training step on the CPU with the fused kernels of :mod:`.fused`: the same
-    loss and gradient as ``ResidualGradient(..., "bf16")`` followed by Adam, with the passes over the
-    weights fused into two kernels. ``residual`` is updated in place."""
+    """A whole training step on the CPU with the fused kernels of :mod:`.fused`: the same loss and gradient as
+    ``ResidualGradient(..., products)`` followed by Adam (:class:`CoupledAdam`'s update), with the passes over
+    the weights fused. fp32: the two products, the [B, C] softmax part and one kernel that makes the
+    gradient, the Adam update and the next step's t' and norms. bf16: two kernels (t' to bf16 with its
+    norms; gradient and Adam). ``residual`` is updated in place."""
 
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float, lr: float,
-                 weight_decay: float):
-        from .fused import FusedBf16Adam
+                 weight_decay: float, products: str = "bf16"):
+        from .fused import FusedBf16Adam, FusedFp32Adam
 
+        check_products(products)
+        self.products = products
         self.terms = SoftmaxTerms(alpha, scale)
-        self.adam = FusedBf16Adam(base, residual, alpha, lr, weight_decay)
+        self.feature_dtype = torch.bfloat16 if products == "bf16" else torch.float32
+        if products == "bf16":
+            self.adam = FusedBf16Adam(base, residual, alpha, lr, weight_decay)
+        else:
+            self.adam = FusedFp32Adam(base, residual, alpha, lr, weight_decay)
+            self._product = torch.empty_like(base)
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor, lr: float) -> torch.Tensor:
-        low, norms = self.adam.weights()
-        dots = torch.mm(feats, low.t()).float()
-        loss, g, coef = self.terms(dots, norms, labels)
+        weights, norms = self.adam.weights()
         self.adam.lr = lr
-        self.adam.step(torch.mm(g.t().to(torch.bfloat16), feats), coef)
+        if self.products == "bf16":
+            dots = torch.mm(feats, weights.t()).float()
+            loss, g, coef = self.terms(dots, norms, labels)
+            self.adam.step(torch.mm(g.t().to(torch.bfloat16), feats), coef)
+        else:
+            loss, g, coef = self.terms(torch.mm(feats, weights.t()), norms, labels)
+            self.adam.step(torch.mm(g.t(), feats, out=self._product), coef)
         return loss
 
 
@@ -229,6 +244,14 @@ class TaskRes(Method):
                                  ctx.dataset_alpha, ctx.dataset_lr)
         return replace(params, **{k: v for k, v in ref.items() if getattr(params, k) is None})
 
+    def products_for(self, params: TaskResParams, ctx: FitContext, base: torch.Tensor, device: torch.device) -> str:
+        """``--set products`` resolved for this run: ``auto`` by a probe on this machine, a slow bf16 warned
+        (:mod:`.products`). The classifier's hparams record what ran."""
+        if params.gradient != "closed_form":
+            return "fp32" if params.products == "auto" else params.products  # autograd has fp32 products only
+        batch = min(params.batch_size, ctx.train.num_samples)
+        return choose_products(params.products, base, batch, device, params.fused)
+
     def fit(self, ctx: FitContext, base: torch.Tensor | None = None, on_step=None) -> CosineClassifier:
         params = self.resolved_params(ctx)
         if check_auto_params(params):  # alpha and/or lr "auto": a grid of fixed-value fits, chosen on val
@@ -237,20 +260,20 @@ class TaskRes(Method):
                                      ctx.dataset_alpha, ctx.dataset_lr)
             return autotune.search(ctx, params, base, lambda p, c: TaskRes(p).fit(c, base=base, on_step=on_step),
                                    ref)
-        check_products(params.products)
+        check_choice(params.products)
         device = (getattr(ctx.backbone, "device", None) or torch.device("cpu")) if params.device == "auto" \
             else resolve_device(params.device)
         base = (ctx.text_classifier if base is None else base).float().to(device)
+        params = replace(params, products=self.products_for(params, ctx, base, device))
         residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
         scale = logit_scale_exp(ctx.logit_scale)
         common = dict(batch_size=params.batch_size, weight_decay=params.weight_decay, seed=ctx.seed,
                       progress=ctx.progress, desc="TaskRes", on_step=on_step)
-        if params.gradient == "closed_form" and params.products == "bf16" and params.fused \
-                and device.type == "cpu" and fused_available():
-            source = _NormalisedSource(ctx.train, torch.bfloat16, device)
+        if params.gradient == "closed_form" and params.fused and device.type == "cpu" and fused_available():
             stepper = FusedStep(base, residual.detach(), params.alpha, scale, schedule.lr_at(0),
-                                params.weight_decay)
+                                params.weight_decay, params.products)
+            source = _NormalisedSource(ctx.train, stepper.feature_dtype, device)
             history = train_loop([residual], None, source, schedule, step_fn=stepper, **common)
         elif params.gradient == "closed_form":
             step = ResidualGradient(base, params.alpha, scale, params.products)
