@@ -347,7 +347,9 @@ def test_two_fits_at_once_share_one_cache(class_folder, tiny_backbone, tmp_path)
     from taskres.classifier import load_classifier
     from taskres.features.shards import check_shard
 
-    ctx = multiprocessing.get_context("fork")  # the parent's imports and tiny model: no start-up cost
+    # forkserver: children forked from a fresh server, not from a pytest process whose earlier tests left threads
+    # and handlers behind (in the full suite a plain fork saw both children end by SIGTERM)
+    ctx = multiprocessing.get_context("forkserver")
     root, barrier = tmp_path / "cache", ctx.Barrier(2)
     procs = [ctx.Process(target=_fit_in_child, args=(class_folder, root, tmp_path / f"run{i}", tiny_backbone, barrier,
                                                      tmp_path / f"log{i}")) for i in range(2)]
