@@ -20,19 +20,13 @@ import torch.nn.functional as F
 
 from ..backbone import text_classifier
 from ..classifier import CosineClassifier
+from ..datasets.coop import IMAGENET_TEMPLATES
 from .base import FitContext, Method
 
 SINGLE_TEMPLATE = "a photo of a {}."
-# TaskRes trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT (the CLIP authors' 7 chosen templates).
-IMAGENET_TEMPLATES_SELECT = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
+# TaskRes trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT (the CLIP authors' 7 chosen templates): the
+# first 7 of the 8-template ImageNet ensemble, whose last is "a photo of a {}.".
+IMAGENET_TEMPLATES_SELECT = tuple(IMAGENET_TEMPLATES[:7])
 TEMPLATE_CHOICES = ("dataset", "single", "ensemble")
 
 
