@@ -98,7 +98,48 @@ def _kernels():
                 acc += w * w
             norms[c] = np.sqrt(acc)
 
-    return numba, weights_bf16, adam_step, adam_weights_fp32
+    @numba.njit(fastmath={"reassoc", "contract"}, inline="always")
+    def exp_nonpositive(x):  # pragma: no cover - compiled
+        # e^x for x <= 0, within 2 ulp of expf: x = k ln2 + r (ln2 in two parts, Cody-Waite), e^r by Cephes'
+        # degree-6 polynomial for expf, times 2^k put in the exponent bits. Plain arithmetic, so the loops
+        # around it vectorise (numba's own exp is a scalar libm call here: no SVML in pip's llvmlite).
+        x = max(x, np.float32(-87.0))  # below, e^x < 1.7e-38 is flushed to ~0 either way
+        k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = (x - k * np.float32(0.693359375)) - k * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * r * r + r + np.float32(1.0)
+        return p * np.int32((np.int32(k) + np.int32(127)) << np.int32(23)).view(np.float32)
+
+    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    def softmax_terms(dots, col, k, labels, g, gd, losses):  # pragma: no cover - compiled
+        batch, classes = dots.shape
+        for b in numba.prange(batch):
+            top = np.float32(-np.inf)
+            for c in range(classes):
+                z = dots[b, c] * col[c]
+                g[b, c] = z
+                top = max(top, z)
+            total = np.float32(0.0)
+            for c in range(classes):
+                e = exp_nonpositive(g[b, c] - top)
+                g[b, c] = e
+                total += e
+            inv = np.float32(1.0) / total
+            label = labels[b]
+            losses[b] = top + np.log(total) - dots[b, label] * col[label]  # log-sum-exp - z_label
+            for c in range(classes):
+                u = g[b, c] * inv  # softmax - onehot
+                if c == label:
+                    u -= np.float32(1.0)
+                gd[b, c] = u * dots[b, c]
+                g[b, c] = u * k[c]
+
+    return numba, weights_bf16, adam_step, adam_weights_fp32, softmax_terms
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -113,7 +154,7 @@ class _FusedAdam:
                  betas=(0.9, 0.999), eps: float = 1e-8):
         if not available():
             raise RuntimeError("the fused kernels need numba (pip install taskres[fast])")
-        numba, self._weights_kernel, self._adam_kernel, self._fp32_kernel = _kernels()
+        numba, self._weights_kernel, self._adam_kernel, self._fp32_kernel, _ = _kernels()
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         if base.dtype != torch.float32 or residual.dtype != torch.float32 or not residual.is_contiguous() \
                 or base.device.type != "cpu" or residual.device.type != "cpu":
@@ -186,3 +227,34 @@ class FusedFp32Adam(_FusedAdam):
                           step_size, np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
                           np.float32(self.eps), np.float32(self.weight_decay), np.float32(bias2_sqrt), self._current,
                           norms)
+
+
+class FusedSoftmaxTerms:
+    """:class:`~taskres.methods.taskres.SoftmaxTerms` (the [B, C] part of a step) as one kernel on rows in
+    parallel: z = s d / n, the softmax with its log-sum-exp, g = (softmax - onehot) scaled per class, and the
+    products g d whose column sums make the correction's coefficients. Same arithmetic as the torch ops to
+    round-off (the exponential is a polynomial within 2 ulp of expf). Buffers are kept per batch size; the g
+    returned is overwritten by the next call."""
+
+    def __init__(self, alpha: float, scale: float):
+        if not available():
+            raise RuntimeError("the fused kernels need numba (pip install taskres[fast])")
+        self.alpha, self.scale = alpha, scale
+        self._kernel = _kernels()[4]
+        self._buffers: dict[tuple[int, int], tuple] = {}
+
+    def __call__(self, dots: torch.Tensor, norms: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, classes = dots.shape
+        if dots.dtype != torch.float32 or dots.device.type != "cpu":
+            raise ValueError("the fused softmax terms take float32 CPU dots")
+        if (batch, classes) not in self._buffers:
+            self._buffers[(batch, classes)] = (torch.empty(batch, classes), torch.empty(batch, classes),
+                                               torch.empty(batch))
+        g, gd, losses = self._buffers[(batch, classes)]
+        col = self.scale / norms  # s / n_c
+        k = col * (self.alpha / batch)
+        self._kernel(dots.contiguous().numpy(), col.numpy(), k.numpy(), labels.contiguous().numpy(), g.numpy(),
+                     gd.numpy(), losses.numpy())
+        coef = gd.sum(dim=0).mul_(k).div_(norms.square())
+        return losses.mean(), g, coef

@@ -174,11 +174,11 @@ class FusedStep:
 
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float, lr: float,
                  weight_decay: float, products: str = "bf16"):
-        from .fused import FusedBf16Adam, FusedFp32Adam
+        from .fused import FusedBf16Adam, FusedFp32Adam, FusedSoftmaxTerms
 
         check_products(products)
         self.products = products
-        self.terms = SoftmaxTerms(alpha, scale)
+        self.terms = FusedSoftmaxTerms(alpha, scale)
         self.feature_dtype = torch.bfloat16 if products == "bf16" else torch.float32
         if products == "bf16":
             self.adam = FusedBf16Adam(base, residual, alpha, lr, weight_decay)
