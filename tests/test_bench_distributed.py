@@ -120,6 +120,31 @@ def test_two_ranks_split_the_cells_and_write_the_records_of_one_process(data, re
     assert run.stdout.count("| taskres |") == 2  # the results table once: one row per shot count
 
 
+def test_local_jobs_write_the_records_of_one_process(data, reference, tmp_path, monkeypatch, capsys):
+    """``--jobs 2``: two spawned worker processes on this machine take the splits from one queue; the records
+    are the one-process sweep's, each naming the job that ran it, and the summary counts every cell."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TASKRES_CACHE", str(tmp_path / "home-cache"))
+    assert cli.main([*sweep_argv(data), "--jobs", "2"]) == 0
+    assert f"0 already finished, {CELLS} run now, 0 failed" in capsys.readouterr().out
+    two = records(tmp_path / "res")
+    assert set(two) == set(reference)
+    assert {r["world"] for r in two.values()} == {2} and all(r["local_jobs"] for r in two.values())
+    assert {r["rank"] for r in two.values()} == {0, 1}  # both workers took splits
+    for name in two:
+        assert two[name]["rank"] == two[name.replace("__zeroshot__", "__taskres__")]["rank"]
+        assert {k: v for k, v in outcome(two[name]).items() if k != "local_jobs"} == outcome(reference[name]), name
+    # A second call finds everything done and starts no worker.
+    assert cli.main([*sweep_argv(data), "--jobs", "2"]) == 0
+    assert f"{CELLS} already finished, 0 run now" in capsys.readouterr().out
+
+
+def test_jobs_must_be_positive_and_not_under_torchrun(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*sweep_argv(data), "--jobs", "0"]) != 0
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
 def test_a_rank_that_dies_fails_the_job_and_the_sweep_resumes(data, reference, tmp_path, monkeypatch, capsys):
     run = torchrun(sweep_argv(data), tmp_path, extra_env={bench.KILL_HOOK: "1:1"})
     assert run.returncode != 0

@@ -16,6 +16,10 @@ the rendezvous network, and only to wait for each other)::
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         -m taskres bench results/ ...   # RESULTS and --cache-dir on a filesystem every node shares
 
+On one machine without torchrun, ``--jobs N`` runs the cells in N local worker processes, each with its
+share of the cores (small models on a CPU: two 1-thread processes do about twice the work of one 2-thread
+process); the workers take runs of cells from one queue.
+
 Every rank reads the records' state, then (after a barrier, so that no rank has written yet) takes its
 share of the unfinished cells: the cells are cut into runs that share features (same backbone, dataset,
 shots and seed: the methods of one split) and those runs are dealt out as contiguous blocks of about equal
@@ -145,12 +149,15 @@ def assign_cells(pending: list[Cell], world: int) -> list[list[Cell]]:
 
 def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = True, inner_progress: bool = False,
               retry_failed: bool = True, redo_changed: bool = False,
-              on_cell_done: Callable[[Cell, dict], None] | None = None, group: Group | None = None) -> BenchSummary:
+              on_cell_done: Callable[[Cell, dict], None] | None = None, group: Group | None = None,
+              jobs: int = 1) -> BenchSummary:
     """Run every cell of ``sweep`` that has no finished record in ``results_dir``.
 
     ``group``: this process's place in a torchrun job (started; see ``cmd_bench``); it runs its share of the
     cells (``assign_cells``), and the summary it returns covers every rank's cells. ``on_cell_done(cell,
-    record)`` is called after each record this process writes (progress hooks, tests).
+    record)`` is called after each record this process writes (progress hooks, tests). ``jobs`` > 1 (one
+    process, no torchrun): the cells run in that many local worker processes (``_run_local_jobs``), each
+    with its share of the cores; ``on_cell_done`` is then not called.
     """
     from tqdm.auto import tqdm
 
@@ -172,50 +179,162 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = T
     mine = assign_cells(pending, group.world)[group.rank]
     if group.rank == 0:
         write_json_atomic(results_dir / "sweep.json", {"sweep": sweep.to_dict(), "versions": versions()})
-    where = {"rank": group.rank, "world": group.world, "host": socket.gethostname()}
-
-    tasks = _Tasks(sweep.data_root)
-    cache = make_cache(sweep.cache_dir)
     prefix = f"rank {group.rank}/{group.world}: " if group.world > 1 else ""
-    kill_after = kill_hook(group.rank, KILL_HOOK)
-    bar = tqdm(total=len(mine) if group.world > 1 else len(cells),
-               initial=0 if group.world > 1 else len(cells) - len(pending),
+    total, initial = (len(mine), 0) if group.world > 1 else (len(cells), len(cells) - len(pending))
+    bar = tqdm(total=total, initial=initial,
                desc=f"bench {sweep.protocol}" + (f" (rank 0/{group.world})" if group.world > 1 else ""),
                unit="cell", disable=not progress or group.rank != 0, dynamic_ncols=True)
+
+    def done(cell: Cell, status: str, message: str | None) -> None:
+        if status != "ok":
+            bar.write(f"taskres: {prefix}cell {cell.name} failed: {message}")
+        bar.update(1)
+
     try:
-        for spec in sweep.backbones:
-            todo = [c for c in mine if c.backbone == spec]
-            if not todo:
-                continue  # none of this backbone's cells is ours to run: don't even load it
-            bar.set_postfix_str(f"loading {spec.display}")
-            bcfg = spec.config()
-            bcfg = replace(bcfg, device=rank_device(bcfg.device, group))  # plain cuda: this rank's own GPU
-            try:
-                backbone, load_error = load_backbone(bcfg), None
-            except Exception as exc:  # noqa: BLE001 - each of its cells gets the error record
-                backbone, load_error = None, exc
-            env = CellEnv(sweep, backbone, cache, tasks, progress=inner_progress)
-            for cell in todo:
+        if jobs > 1 and group.world == 1:
+            _run_local_jobs(sweep, results_dir, mine, jobs, inner_progress, done)
+        else:
+            where = {"rank": group.rank, "world": group.world, "host": socket.gethostname()}
+            kill_after = kill_hook(group.rank, KILL_HOOK)
+            count = 0
+            envs = _Envs(sweep, inner_progress, group)
+            for cell in mine:
                 bar.set_postfix_str(cell.name)
+                env, load_error = envs.get(cell.backbone, bar)
                 record = _run_cell(cell, env, results_dir, load_error, where)
-                if record["status"] == "ok":
-                    summary.ran.append(cell.name)
-                else:
-                    summary.failed[cell.name] = record["error"]["message"]
-                    bar.write(f"taskres: {prefix}cell {cell.name} failed: {record['error']['message']}")
-                bar.update(1)
-                if kill_after is not None and len(summary.ran) + len(summary.failed) >= kill_after:
+                done(cell, record["status"], (record.get("error") or {}).get("message"))
+                count += 1
+                if kill_after is not None and count >= kill_after:
                     os._exit(17)  # a hard kill: no cleanup, as with SIGKILL
                 if on_cell_done is not None:
                     on_cell_done(cell, record)
-            del env, backbone
+            del envs
     finally:
         bar.close()
     if group.world > 1:
         group.barrier()  # every rank's records are on disk
-        summary.ran, summary.failed = _outcomes(results_dir, pending)
+    summary.ran, summary.failed = _outcomes(results_dir, pending)  # what the records say, every rank's
     summary.seconds = time.time() - started
     return summary
+
+
+class _Envs:
+    """The cells' environment per backbone: each backbone loaded when its first cell comes, one held at a
+    time (the cells come backbone by backbone). A backbone that fails to load fails each of its cells."""
+
+    def __init__(self, sweep: SweepConfig, inner_progress: bool, group: Group | None = None):
+        self.sweep, self.inner_progress, self.group = sweep, inner_progress, group or Group()
+        self.tasks = _Tasks(sweep.data_root)
+        self.cache = make_cache(sweep.cache_dir)
+        self.spec, self.env, self.error = None, None, None
+
+    def get(self, spec, bar=None):
+        if spec != self.spec:
+            self.env = None  # the previous backbone goes before the next one is loaded
+            if bar is not None:
+                bar.set_postfix_str(f"loading {spec.display}")
+            bcfg = spec.config()
+            bcfg = replace(bcfg, device=rank_device(bcfg.device, self.group))  # plain cuda: this rank's GPU
+            try:
+                backbone, self.error = load_backbone(bcfg), None
+            except Exception as exc:  # noqa: BLE001 - each of its cells gets the error record
+                backbone, self.error = None, exc
+            self.env = CellEnv(self.sweep, backbone, self.cache, self.tasks, progress=self.inner_progress)
+            self.spec = spec
+        return self.env, self.error
+
+
+def _feature_runs(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells grouped into runs that read the same features: one (backbone, dataset, shots, seed) each."""
+    runs: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        runs.setdefault((c.backbone.display, c.dataset, c.shots, c.seed), []).append(c)
+    return list(runs.values())
+
+
+def default_jobs() -> int:
+    """Local worker processes for the demo: one per usable core, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jobs: int, inner_progress: bool,
+                    done: Callable[[Cell, str, str | None], None]) -> None:
+    """Run ``cells`` in ``jobs`` worker processes on this machine, each with its share of the cores.
+
+    The workers take runs of cells that share features (``_feature_runs``) from one queue, the next free
+    worker the next run, so long and short runs balance themselves. Each cell's record is written by the
+    worker that ran it, as in a one-process sweep (plus its job number as the rank). Processes are spawned,
+    not forked: a fork of a process whose thread pools are running can hang."""
+    import multiprocessing as mp
+    import queue as queue_module
+
+    runs = _feature_runs(cells)
+    by_name = {c.name: c for c in cells}
+    jobs = min(jobs, len(runs))
+    if jobs < 1:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // jobs)
+    ctx = mp.get_context("spawn")
+    todo, results = ctx.Queue(), ctx.Queue()
+    for run in runs:
+        todo.put([c.name for c in run])
+    for _ in range(jobs):
+        todo.put(None)
+    workers = [ctx.Process(target=_job_worker, daemon=True, name=f"taskres-job-{j}",
+                           args=(j, jobs, threads, sweep, str(results_dir), by_name, inner_progress, todo, results))
+               for j in range(jobs)]
+    for w in workers:
+        w.start()
+    finished = 0
+    try:
+        while finished < jobs:
+            try:
+                message = results.get(timeout=1.0)
+            except queue_module.Empty:
+                if not any(w.is_alive() for w in workers):
+                    break  # a worker died without its last word: its cell has no record (reported as failed)
+                continue
+            if message is None:
+                finished += 1
+                continue
+            name, status, error = message
+            done(by_name[name], status, error)
+        for w in workers:
+            w.join(timeout=30)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+
+
+def _job_worker(job: int, jobs: int, threads: int, sweep: SweepConfig, results_dir: str, cells: dict,
+                inner_progress: bool, todo, results) -> None:
+    """One local worker process of ``_run_local_jobs``: runs the cells of each run it takes, until told to stop."""
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))  # before numba is first imported (fused kernels)
+    torch.set_num_threads(threads)
+    where = {"rank": job, "world": jobs, "host": socket.gethostname(), "local_jobs": True}
+    envs = _Envs(sweep, inner_progress)
+    try:
+        while True:
+            names = todo.get()
+            if names is None:
+                break
+            for name in names:
+                cell = cells[name]
+                env, load_error = envs.get(cell.backbone)
+                record = _run_cell(cell, env, Path(results_dir), load_error, where)
+                results.put((name, record["status"], (record.get("error") or {}).get("message")))
+    finally:
+        results.put(None)
+
 
 
 def _outcomes(results_dir: Path, cells: list[Cell]) -> tuple[list[str], dict[str, str]]:
@@ -389,6 +508,10 @@ def cmd_bench(args) -> int:
     sweep, missing = sweep_from_args(args)
     results_dir = Path(args.results_dir)
     group = Group.from_env()
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, not {args.jobs}")
+    if args.jobs > 1 and group.world > 1:
+        raise ValueError("--jobs is for one process on one machine; under torchrun each rank is already one worker")
     if missing and group.rank == 0:
         print(f"bench: paper methods not available in this install, skipped: {', '.join(missing)}")
     if args.dry_run:
@@ -399,7 +522,7 @@ def cmd_bench(args) -> int:
     try:
         summary = run_sweep(sweep, results_dir, progress=not args.quiet,
                             inner_progress=args.verbose and not args.quiet, retry_failed=not args.keep_failed,
-                            redo_changed=args.redo_changed, group=group)
+                            redo_changed=args.redo_changed, group=group, jobs=args.jobs)
     finally:
         group.close()
     if group.rank == 0:
@@ -434,6 +557,9 @@ def register(subparsers) -> None:
                    help="rerun cells whose record was made with other settings (default: stop)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="also show encoding and training progress inside cells")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes on this machine, each with its share of the cores (default 1; for GPUs "
+                        "or several machines use torchrun)")
     p.add_argument("--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S,
                    help="under torchrun: seconds a rank may wait at a barrier for the slowest rank (default: a week)")
     p.set_defaults(func=cmd_bench)

@@ -25,9 +25,7 @@ QUICK_VIEWS = 2
 # whatever the batch: it gets fewer, larger batches and fewer epochs. (Shortening the cheap methods saves
 # seconds and can cost them their result: CLIP-Adapter at 30 epochs stays at zero-shot on the demo tasks.)
 # A parameter a method does not have is left out (see _budget).
-DEMO_BUDGET: dict[str, dict] = {
-    "coop": {"epochs": 20, "batch_size": 256},
-}
+DEMO_BUDGET: dict[str, dict] = {}
 QUICK_BUDGET: dict[str, dict] = {
     "taskres": {"epochs": 20},
     "coop": {"epochs": 2, "batch_size": 256},
