@@ -272,8 +272,16 @@ def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jo
     import multiprocessing as mp
     import queue as queue_module
 
-    runs = _feature_runs(cells)
+    # Longest first (more shots, more steps), so that no long run is left for the end with the other
+    # workers idle; runs of one shot count keep expand's order (a dataset's splits together).
+    runs = sorted(_feature_runs(cells), key=lambda run: -run[0].shots)
     by_name = {c.name: c for c in cells}
+    tasks = _Tasks(sweep.data_root)
+    for name in dict.fromkeys(c.dataset for c in cells):  # generated datasets are written once, here
+        try:
+            tasks(name)
+        except Exception:  # noqa: BLE001 - each worker's cells of that dataset record the error
+            pass
     jobs = min(jobs, len(runs))
     if jobs < 1:
         return
@@ -288,7 +296,8 @@ def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jo
         todo.put([c.name for c in run])
     for _ in range(jobs):
         todo.put(None)
-    workers = [ctx.Process(target=_job_worker, daemon=True, name=f"taskres-job-{j}",
+    # not daemonic: a worker may start processes of its own (image decoding workers); it is stopped below
+    workers = [ctx.Process(target=_job_worker, daemon=False, name=f"taskres-job-{j}",
                            args=(j, jobs, threads, sweep, str(results_dir), by_name, inner_progress, todo, results))
                for j in range(jobs)]
     for w in workers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .bench import print_summary, run_sweep
+from .bench import default_jobs, print_summary, run_sweep
 from .datasets import DatasetError
 from .methods import METHODS
 from .protocols import PAPER_METHODS, PAPER_SHOTS, SweepConfig, resolve_sweep
@@ -20,12 +20,43 @@ DEFAULT_OUT = "demo-results"
 DEMO_VIEWS = 4
 QUICK_SHOTS = (1, 4)
 QUICK_VIEWS = 2
-# The demo must finish in about 3 minutes on 2 CPU cores with every method at 5 shot counts. Every method
-# keeps its reference schedule except CoOp, whose step runs every class prompt through the text encoder
-# whatever the batch: it gets fewer, larger batches and fewer epochs. (Shortening the cheap methods saves
-# seconds and can cost them their result: CLIP-Adapter at 30 epochs stays at zero-shot on the demo tasks.)
-# A parameter a method does not have is left out (see _budget).
+DEMO_SEEDS = (1, 2, 3)
+# Every method runs at its reference schedule (epochs, batch size, searches): nothing is shortened. The
+# demo fits in about 3 minutes on 2 cores because its cells run in one worker process per core
+# (bench --jobs), each with one thread.
 DEMO_BUDGET: dict[str, dict] = {}
+# Learning rates. The reference values are sized for CLIP; the mini model's text features are much larger
+# (|t| ~ 17), so a method whose step moves the classifier needs a larger one, and no value is right for all.
+# Every method that has a learning rate gets its reference value times one factor from LR_FACTORS, chosen
+# by one procedure for all of them (benchmarks/demo_lr.py): 1, 4 and 16 shots, seed 1, on the tuning draws
+# (mini-*-tune: the same classes, other images, so the demo's own images never took part), the factor of
+# highest mean test top-1 over the two tasks and three shot counts; ties go to the factor nearest 1.
+# Methods without a learning rate (zero-shot, linear probe, Tip-Adapter, LP++, GDA) keep their own
+# procedures.
+LR_FACTORS = (1 / 3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+DEMO_LR_FACTOR: dict[str, float] = {  # benchmarks/demo_lr.py, run of 2026-12-03 (BENCHMARKS.md)
+    "taskres": 100.0, "taskres_enhanced": 30.0, "coop": 1.0, "clip_adapter": 30.0, "tip_adapter_f": 100.0, "clap": 1.0,
+}
+
+
+def reference_lr(method: str, backbone_model: str = "taskres-mini") -> float:
+    """The method's reference learning rate on ``backbone_model`` for a dataset without its own (the factor's
+    base)."""
+    if method in ("taskres", "taskres_enhanced"):
+        from .methods.taskres import reference_defaults
+
+        return reference_defaults("", backbone_model, 16, 0.5, None)["lr"]
+    lr = dataclasses.fields(METHODS[method].Params)
+    (field,) = [f for f in lr if f.name == "lr"]
+    return float(field.default)
+
+
+def demo_lrs(methods, factors: dict[str, float] | None = None) -> dict[str, dict]:
+    """{method: {"lr": reference x factor}} for the methods of ``factors`` (default DEMO_LR_FACTOR) present."""
+    factors = DEMO_LR_FACTOR if factors is None else factors
+    return {m: {"lr": reference_lr(m) * factors[m]} for m in methods if m in factors}
+
+
 QUICK_BUDGET: dict[str, dict] = {
     "taskres": {"epochs": 20},
     "coop": {"epochs": 2, "batch_size": 256},
@@ -55,7 +86,7 @@ def demo_methods() -> list[str]:
     return first + rest + sorted(m for m in METHODS if m not in first and m not in rest)
 
 
-def demo_sweep(*, seeds=(1,), quick: bool = False, backbone: str = "taskres-mini", pretrained: str = "default",
+def demo_sweep(*, seeds=DEMO_SEEDS, quick: bool = False, backbone: str = "taskres-mini", pretrained: str = "default",
                tasks: list[str] | None = None, methods: list[str] | None = None) -> SweepConfig:
     methods = list(methods or demo_methods())
     settings = {
@@ -67,7 +98,10 @@ def demo_sweep(*, seeds=(1,), quick: bool = False, backbone: str = "taskres-mini
         "backbones": [{"name": backbone, "pretrained": pretrained}],
     }
     settings["views"] = QUICK_VIEWS if quick else DEMO_VIEWS
-    settings["method_params"] = _budget(QUICK_BUDGET if quick else DEMO_BUDGET, methods)
+    params = demo_lrs(methods)
+    for m, chosen in _budget(QUICK_BUDGET if quick else DEMO_BUDGET, methods).items():
+        params.setdefault(m, {}).update(chosen)
+    settings["method_params"] = params
     return resolve_sweep(settings)
 
 
@@ -84,19 +118,22 @@ def _budget(budget: dict[str, dict], methods: list[str]) -> dict[str, dict]:
 
 def describe_budget(sweep: SweepConfig) -> str:
     parts = [f"{m}: " + ", ".join(f"{k}={v}" for k, v in p.items()) for m, p in sweep.method_params.items()]
-    return f"{sweep.views} cached views per image; " + ("; ".join(parts) if parts else "method defaults")
+    return (f"{sweep.views} cached views per image, reference schedules; "
+            + ("; ".join(parts) if parts else "method defaults"))
 
 
-def run_demo(out_dir: str | Path = DEFAULT_OUT, *, progress: bool = True, echo=print, **sweep_options):
+def run_demo(out_dir: str | Path = DEFAULT_OUT, *, progress: bool = True, echo=print, jobs: int | None = None,
+             **sweep_options):
     """Run the demo sweep into ``out_dir`` and write its report there; returns (bench summary, report)."""
     from .report import write_report
 
     sweep = demo_sweep(**sweep_options)
     echo(f"demo: {len(sweep.methods)} methods x {len(sweep.datasets)} tasks x shots "
          f"{'/'.join(map(str, sweep.shots))} x seeds {'/'.join(map(str, sweep.seeds))} on {sweep.backbones[0].display}")
-    echo(f"demo budget (shorter than the paper's schedules): {describe_budget(sweep)}")
+    jobs = default_jobs() if jobs is None else jobs
+    echo(f"demo settings: {describe_budget(sweep)}; {jobs} worker process(es)")
     # The demo folder is scratch output: cells made with other demo settings (e.g. --quick) are redone.
-    summary = run_sweep(sweep, out_dir, progress=progress, redo_changed=True)
+    summary = run_sweep(sweep, out_dir, progress=progress, redo_changed=True, jobs=jobs)
     # Only this sweep's cells: records of earlier demo settings (other shot counts) stay out of the table.
     report = write_report(out_dir, out_dir, formats=("png",), only={c.name for c in summary.cells})
     return summary, report
@@ -104,7 +141,8 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, *, progress: bool = True, echo=p
 
 def cmd_demo(args) -> int:
     tasks = args.tasks or list(demo_tasks())
-    summary, report = run_demo(args.out, progress=not args.quiet, seeds=[int(s) for s in args.seeds],
+    summary, report = run_demo(args.out, progress=not args.quiet, jobs=args.jobs,
+                               seeds=[int(s) for s in args.seeds] if args.seeds else ((1,) if args.quick else DEMO_SEEDS),
                                quick=args.quick, backbone=args.backbone, pretrained=args.pretrained, tasks=tasks,
                                methods=args.methods)
     print_summary(summary)
@@ -119,7 +157,10 @@ def register(subparsers) -> None:
         description="The paper's few-shot figure in miniature: offline, on the embedded mini model and its demo "
                     "tasks.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
-    p.add_argument("--seeds", nargs="+", default=["1"], help="seeds (default: 1; the paper uses 1 2 3)")
+    p.add_argument("--seeds", nargs="+", default=None,
+                   help="seeds (default: 1 2 3, as the paper; 1 with --quick)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: one per core, at most 4)")
     p.add_argument("--quick", action="store_true",
                    help=f"shots {'/'.join(map(str, QUICK_SHOTS))}, {QUICK_VIEWS} views, a few epochs: a fast smoke "
                         "run")
