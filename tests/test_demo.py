@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -35,7 +36,7 @@ def test_demo_sweep_covers_every_method_and_the_paper_shots():
     assert quick.method_params["taskres"]["epochs"] == QUICK_BUDGET["taskres"]["epochs"]
     # Nothing shortened: the only setting the demo changes is the learning rate, and it changes it for
     # every method that has one, by a factor of the one grid (benchmarks/demo_lr.py).
-    has_lr = {m for m in METHODS if any(f.name == "lr" for f in __import__("dataclasses").fields(METHODS[m].Params))}
+    has_lr = {m for m in METHODS if any(f.name == "lr" for f in dataclasses.fields(METHODS[m].Params))}
     assert set(full.method_params) == has_lr == set(DEMO_LR_FACTOR)
     for m, params in full.method_params.items():
         assert set(params) == {"lr"}

@@ -46,8 +46,7 @@ def reference_lr(method: str, backbone_model: str = "taskres-mini") -> float:
         from .methods.taskres import reference_defaults
 
         return reference_defaults("", backbone_model, 16, 0.5, None)["lr"]
-    lr = dataclasses.fields(METHODS[method].Params)
-    (field,) = [f for f in lr if f.name == "lr"]
+    (field,) = [f for f in dataclasses.fields(METHODS[method].Params) if f.name == "lr"]
     return float(field.default)
 
 
