@@ -133,12 +133,9 @@ def assign_cells(pending: list[Cell], world: int) -> list[list[Cell]]:
     """
     if world < 1:
         raise ValueError(f"WORLD_SIZE must be at least 1, not {world}")
-    runs: dict[tuple, list[Cell]] = {}
-    for c in pending:
-        runs.setdefault((c.backbone.display, c.dataset, c.shots, c.seed), []).append(c)
     shares: list[list[Cell]] = [[] for _ in range(world)]
     rank, taken = 0, 0
-    for run in runs.values():
+    for run in _feature_runs(pending):
         # the block of rank r ends once the cells dealt reach (r + 1) / world of the total
         while rank < world - 1 and taken >= (rank + 1) * len(pending) / world:
             rank += 1
@@ -252,13 +249,16 @@ def _feature_runs(cells: list[Cell]) -> list[list[Cell]]:
     return list(runs.values())
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_jobs() -> int:
     """Local worker processes for the demo: one per usable core, at most 4."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
+    return max(1, min(_usable_cores(), 4))
 
 
 def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jobs: int, inner_progress: bool,
@@ -285,11 +285,7 @@ def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jo
     jobs = min(jobs, len(runs))
     if jobs < 1:
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // jobs)
+    threads = max(1, _usable_cores() // jobs)
     ctx = mp.get_context("spawn")
     todo, results = ctx.Queue(), ctx.Queue()
     for run in runs:
