@@ -261,6 +261,26 @@ def test_a_killed_write_leaves_no_half_task(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_copy_another_process_finished_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two processes writing the same task: the one that finishes second keeps the first one's complete copy
+    (a reader may already hold its paths) and throws its own away."""
+    write = mini_tasks._write_task
+    theirs = tmp_path / "theirs"
+
+    def racing(spec, target):
+        write(spec, target)  # ours, in the temporary folder
+        if not (tmp_path / spec.name).exists():  # meanwhile the other process renamed its copy into place
+            theirs.mkdir()
+            write(spec, theirs)
+            (theirs / "marker").write_text("the other process's copy")
+            theirs.rename(tmp_path / spec.name)
+
+    monkeypatch.setattr(mini_tasks, "_write_task", racing)
+    folder = mini_tasks.materialise_demo_task("mini-shapes", tmp_path)
+    assert (folder / "marker").read_text() == "the other process's copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mini-shapes"]  # our temporary copy is gone
+
+
 def test_unknown_demo_task_is_a_dataset_error(tmp_path):
     from taskres.datasets.base import DatasetError
 
