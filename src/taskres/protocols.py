@@ -31,7 +31,7 @@ from .backbone import MINI_MODEL, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
-from .methods import METHODS, get_method
+from .methods import METHODS, check_regime, get_method
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
 # The methods of the paper's comparisons, in the paper's order (those absent from METHODS are skipped).
@@ -292,7 +292,7 @@ def check_sweep(sweep: SweepConfig) -> None:
     if sweep.protocol == "domain" and not sweep.targets:
         raise ValueError("--targets: the domain protocol needs at least one target dataset")
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
-        get_method(m, sweep.method_params.get(m))
+        check_regime(get_method(m, sweep.method_params.get(m)), sweep.regime)
     extra = sorted(set(sweep.method_params) - set(sweep.methods))
     if extra:
         raise ValueError(f"method_params: {', '.join(extra)} not in the sweep's methods")

@@ -75,6 +75,7 @@ class LPP(Method):
     Params = LPPParams
     description = "LP++: linear probe blended with learnable per-class text weights, data-driven step sizes"
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+    no_online = "fits full batch on one augmented pass encoded once, as released"
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LPPParams()
