@@ -125,6 +125,11 @@ def test_every_view_in_memory_at_once_is_refused_when_mapped(tmp_path):
     with pytest.raises(TrainingError, match="train_views=all with --memory-map") as err:
         get_method("lpp", {"train_views": "all", "epochs": 1}).fit(context(mapped_views(views, labels, tmp_path)))
     assert "\n" not in str(err.value)
+    cfg = FitConfig(method="lpp", dataset=str(tmp_path / "no-such-dataset"), memory_map=True,
+                    method_params={"train_views": "all"}, progress=False)
+    with pytest.raises(ValueError, match="train_views=all with --memory-map: lpp"):
+        fit(cfg)  # refused before any image is encoded
+    check_regime(get_method("gda", {"train_views": "all"}), "cached", memory_map=True)  # GDA streams them
 
 
 @pytest.mark.parametrize("method", ONE_PASS)

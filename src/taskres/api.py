@@ -265,7 +265,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     """
     check_fit_config(cfg)
     method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
-    check_regime(method, cfg.regime)
+    check_regime(method, cfg.regime, cfg.memory_map)
     run_dir = Path(cfg.out) if cfg.out else None
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))
