@@ -21,8 +21,6 @@ from .training import Schedule, check_finite, epoch_batches
 
 log = logging.getLogger("taskres")
 TRAIN_VIEWS = ("all", "mean", "one")
-
-
 ROW_CHUNK = 8192  # training rows read at a time where a method streams its samples (memory-mapped views)
 
 
@@ -43,12 +41,13 @@ def train_matrix(ctx: FitContext, views: str = "mean") -> tuple[torch.Tensor, to
         return ctx.all_train_features(0).float().cpu(), labels
     if views == "mean":
         return view_mean(source), labels
-    if getattr(source, "views", None) is None and source.num_views > 1:
-        raise TrainingError("--set train_views=all with --memory-map: this method holds every cached view in "
-                            f"memory at once ({source.num_views} x {source.num_samples} rows); use "
-                            "train_views=mean or one, or drop --memory-map")
     v, n = source.num_views, source.num_samples
-    return torch.cat([source.view_rows(i, torch.arange(n)) for i in range(v)]), labels.repeat(v)
+    if getattr(source, "views", None) is not None:  # in memory already: a view of it, no copy
+        return source.views.float().cpu().reshape(v * n, source.dim), labels.repeat(v)
+    if v > 1:
+        raise TrainingError("--set train_views=all with --memory-map: this method holds every cached view in "
+                            f"memory at once ({v} x {n} rows); use train_views=mean or one, or drop --memory-map")
+    return source.view_rows(0, torch.arange(n)), labels
 
 
 def check_train_views(views: str) -> None:
