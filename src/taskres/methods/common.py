@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -132,10 +132,12 @@ class ClassMoments:
         return int(self.counts.sum())
 
 
-def class_moments(samples: TrainSamples, num_classes: int, normalize: bool = True) -> ClassMoments:
-    """Class means and centred scatter of the (row-normalised) samples, streamed: memory holds one chunk."""
+def class_moments(sample_chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], num_classes: int,
+                  normalize: bool = True) -> ClassMoments:
+    """Class means and centred scatter of the (row-normalised) samples that ``sample_chunks()`` yields as
+    (rows, labels) chunks (e.g. ``TrainSamples.chunks``), streamed: memory holds one chunk."""
     def chunks():
-        for x, y in samples.chunks():
+        for x, y in sample_chunks():
             yield (F.normalize(x, dim=-1) if normalize else x).double(), y
 
     sums, counts = None, torch.zeros(num_classes, dtype=torch.float64)

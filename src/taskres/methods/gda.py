@@ -41,7 +41,12 @@ class GDAParams:
     train_views: str = "all"
 
 
-def gda_head(moments: ClassMoments, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means, the shared shrunk precision, and the resulting linear head (W [C, D], b [C]) of samples x."""
+    return gda_head_from_moments(class_moments(lambda: [(x, y)], num_classes, normalize=False), num_classes)
+
+
+def gda_head_from_moments(moments: ClassMoments, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared shrunk precision from the class moments, and the resulting linear head (W [C, D], b [C])."""
     mus, n, d = moments.means, moments.num_samples, moments.means.shape[1]
     cov = moments.scatter / max(n - 1, 1)  # sample covariance S (the class means already removed)
@@ -63,7 +68,7 @@ class GDA(Method):
         params = self.params or GDAParams()
         samples = TrainSamples(ctx, params.train_views)  # streamed: memory-mapped views are never all loaded
         check_classes(ctx, samples.labels)
-        weight, bias = gda_head(class_moments(samples, ctx.num_classes), ctx.num_classes)
+        weight, bias = gda_head_from_moments(class_moments(samples.chunks, ctx.num_classes), ctx.num_classes)
         text = normalized_text(ctx)
         scale = logit_scale_exp(ctx.logit_scale)
         val_acc = None
