@@ -23,7 +23,7 @@ from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_
                        shots_used)
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
-from .methods import FitContext, get_method
+from .methods import FitContext, check_regime, get_method
 from .metrics import split_evaluation
 from .run_report import write_run_report
 from .transforms import load_image
@@ -224,6 +224,9 @@ def check_fit_config(cfg: FitConfig) -> None:
         raise ValueError(f"--seed must be a whole number, not {cfg.seed!r}")
     if cfg.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
+    if cfg.regime == "online" and cfg.memory_map:  # never ignore one of the two and record both
+        raise ValueError("--memory-map with --regime online: the online regime keeps no training views to map "
+                         "(every step encodes its images afresh); drop one of the two")
     if not cfg.eval_splits:
         raise ValueError("--eval-split: at least one split to evaluate")
 
@@ -262,6 +265,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     """
     check_fit_config(cfg)
     method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
+    check_regime(method, cfg.regime, cfg.memory_map)
     run_dir = Path(cfg.out) if cfg.out else None
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))

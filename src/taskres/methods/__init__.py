@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..classifier import CLASSIFIERS
-from .base import FitContext, Method, TrainingError, parse_overrides, validate_params
+from .base import FitContext, Method, TrainingError, check_regime, parse_overrides, validate_params
 from .clap import CLAP
 from .clip_adapter import ClipAdapter
 from .coop import CoOp
@@ -47,5 +47,5 @@ def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     return cls(params)
 
 
-__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "get_method", "parse_overrides",
-           "validate_params"]
+__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "check_regime", "get_method",
+           "parse_overrides", "validate_params"]

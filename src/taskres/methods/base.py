@@ -73,6 +73,13 @@ class Method:
     # None: the un-augmented test transform. Default: Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py),
     # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).
     aug_scale: ClassVar[tuple[float, float] | None] = (0.08, 1.0)
+    # Why the method cannot train in the online regime (fresh augmentation through the encoder at every step),
+    # or "" where it can: a method that reads its training images once, as cached views (training-free or
+    # full-batch, as its reference code does), has no step to augment afresh.
+    no_online: ClassVar[str] = ""
+    # True where ``train_views="all"`` makes the method hold every cached view in memory at once (full-batch
+    # steps on V x N rows): refused with memory-mapped views, which exist to avoid exactly that.
+    all_views_in_memory: ClassVar[bool] = False
 
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
@@ -80,6 +87,15 @@ class Method:
     def resolved_params(self, ctx: FitContext) -> Any:
         """The parameters with dataset/backbone dependent defaults filled in (override when needed)."""
         return self.params
+
+
+def check_regime(method: Method, regime: str, memory_map: bool = False) -> None:
+    """Refuse, in one line, a regime the method cannot honour (rather than training on something else)."""
+    if regime == "online" and method.no_online:
+        raise ValueError(f"--regime online: {method.name} {method.no_online}; use --regime cached")
+    if memory_map and method.all_views_in_memory and getattr(method.params, "train_views", None) == "all":
+        raise ValueError(f"--set train_views=all with --memory-map: {method.name} holds every cached view in memory "
+                         "at once; use train_views=mean or one, or drop --memory-map")
 
 
 def parse_overrides(params_cls: type, items: list[str] | dict | None) -> dict:

@@ -100,6 +100,7 @@ class LinearProbe(Method):
     Params = LinearProbeParams
     description = "linear-probe CLIP: L2 logistic regression (L-BFGS), C searched on the val split"
     aug_scale = None  # lpclip/feat_extractor.py: build_transform(cfg, is_train=False), the test transform
+    no_online = "encodes each training image once, under the test transform (lpclip), and fits on those features"
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LinearProbeParams()

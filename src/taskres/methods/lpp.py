@@ -75,6 +75,8 @@ class LPP(Method):
     Params = LPPParams
     description = "LP++: linear probe blended with learnable per-class text weights, data-driven step sizes"
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+    no_online = "fits full batch on one augmented pass encoded once, as released"
+    all_views_in_memory = True  # train_views=all: full-batch steps on every view
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LPPParams()

@@ -193,6 +193,7 @@ class TipAdapter(Method):
     Params = TipAdapterParams
     description = "Tip-Adapter: training-free key-value cache of the few shots, alpha/beta searched on val"
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+    no_online = "is training-free: its cache keys average the augmented passes encoded once (augment_epoch; --views)"
 
     def resolved_params(self, ctx: FitContext) -> TipAdapterParams:
         return resolve_tip_params(self.params or self.Params(), ctx.task_name)
@@ -212,6 +213,8 @@ class TipAdapterF(Method):
     Params = TipAdapterFParams
     description = "Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs; 100 on EuroSAT)"
     aug_scale = (0.5, 1.0)  # main.py: train_loader_F uses the same train_tranform (scale 0.5-1)
+    no_online = ("builds its cache keys from the augmented passes encoded once (augment_epoch; --views), which "
+                 "the online regime does not keep (only its key fine-tuning could run online)")
 
     def resolved_params(self, ctx: FitContext) -> TipAdapterFParams:
         return resolve_tip_params(self.params or self.Params(), ctx.task_name)
