@@ -58,6 +58,7 @@ def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.
 @dataclass
 class GDA(Method):
     name = "gda"
+    paper = 'Wang et al., "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation", ICLR 2024'
     Params = GDAParams
     description = "GDA: training-free Gaussian discriminant analysis blended with zero-shot CLIP"
     aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
