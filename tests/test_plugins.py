@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from taskres.classifier import CLASSIFIERS, Classifier, ClassifierError, ClassifierMeta, load_classifier, save_classifier
+from taskres.classifier import (CLASSIFIERS, Classifier, ClassifierError, ClassifierMeta, load_classifier,
+                               save_classifier)
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "taskres-example-method"
 TINY = ["--backbone", TINY_MODEL, "--pretrained", "none"]

@@ -225,13 +225,13 @@ def _auto_section(auto: dict | None) -> str:
     if not auto:
         return ""
     rows = [[("&#10003; " if c["method"] == auto["chosen"] else "") + escape(c["method"]), _pct(c["val_top1"]),
-             str(c["val_correct"]) if c["error"] is None else "", f"{c['fit_seconds']:.1f}", escape(c["error"] or "")]
-            for c in auto["candidates"]]
+             str(c["val_correct"]) if c["error"] is None else "", f"{c['fit_seconds']:.1f}",
+             escape(c["error"] or "")] for c in auto["candidates"]]
     return (f"<section><h2>Method chosen on validation: {escape(auto['chosen'])}</h2>"
             + table(["candidate", "val top-1 %", f"correct of {auto['val_images']}", "fit s", "error"], rows,
                     raw=True, left=1)
-            + f"<p class=\"note\">{escape(auto['rule'])}. Candidates in tie-break order; only the validation split "
-              "was used to choose. Methods that search their own settings on the same images arrive with an "
+            + f"<p class=\"note\">{escape(auto['rule'])}. Candidates in tie-break order; only the validation "
+              "split was used to choose. Methods that search their own settings on the same images arrive with an "
               "optimistic validation score.</p></section>")
 
 

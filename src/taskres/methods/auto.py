@@ -9,7 +9,7 @@ validation score and the choice. Without a validation split it refuses: there wo
 choose on.
 
 Caveat, said where the numbers are: methods that search their own hyper-parameters on the same validation
-images (linear probe, Tip-Adapter, LP++, GDA, TaskRes*) arrive with a validation score already chosen on
+images (linear probe, Tip-Adapter and -F, LP++, GDA, TaskRes*) arrive with a validation score already chosen on
 it, so theirs is optimistic next to a method that searched nothing.
 """
 
