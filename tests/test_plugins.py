@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from taskres.cli import main
 from taskres.classifier import (CLASSIFIERS, Classifier, ClassifierError, ClassifierMeta, load_classifier,
                                save_classifier)
 
@@ -50,7 +51,7 @@ def taskres(args: list[str], site: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_example_plugin_runs_through_fit_bench_and_report(site, class_folder, tmp_path):
+def test_example_plugin_runs_through_fit_bench_and_report(site, class_folder, tmp_path, capsys):
     listed = taskres(["methods"], site)
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:-1]}
@@ -75,6 +76,13 @@ def test_example_plugin_runs_through_fit_bench_and_report(site, class_folder, tm
         assert recorded["package"] == "taskres-example-method" and recorded["version"] == "0.1.0"
     assert metrics["method"] == "example_centroid" and metrics["hparams"] == {"mix": 0.7}
     assert metrics["top1"]["test"] > metrics["evaluation"]["test"]["zeroshot"]["top1"]  # the shots helped
+
+    # its run is a run like any other: predict (JSON) and export need nothing of the plugin (a cosine head)
+    image = sorted((class_folder / "red_thing").iterdir())[0]
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["path"] == str(image)
+    assert main(["export", str(run), "--format", "torchscript"]) == 0 and (run / "model.torchscript.pt").is_file()
 
     results = tmp_path / "results"
     bench = taskres(["bench", str(results), "--datasets", str(class_folder), "--methods", "zeroshot",
@@ -127,3 +135,16 @@ def test_unknown_method_says_why_a_plugin_is_missing(monkeypatch):
         get_method("fancy")
     with pytest.raises(ValueError, match="unknown --method 'nothing'"):
         get_method("nothing")
+
+
+def test_methods_lists_every_built_in_with_its_paper(capsys):
+    from taskres.methods import BUILTIN_METHODS
+    from taskres.methods.auto import CANDIDATES
+
+    assert main(["methods", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(BUILTIN_METHODS) <= set(rows)
+    for name in BUILTIN_METHODS:
+        assert rows[name]["source"] == "built-in" and rows[name]["auto_candidate"] == (name in CANDIDATES)
+        if name != "auto":  # a paper with its venue and year, e.g. "..., CVPR 2023"
+            assert any(str(year) in rows[name]["paper"] for year in range(2021, 2025)), name
