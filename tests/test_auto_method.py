@@ -82,6 +82,8 @@ def test_auto_refuses_a_run_without_a_validation_split(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--method auto chooses on the validation split" in err[0]
     assert not (tmp_path / "run").exists()
+    cache = tmp_path / "taskres-cache"  # conftest's TASKRES_CACHE: refused before any image was encoded
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
 
 
 def test_auto_parameters_are_checked_before_any_work():

@@ -287,6 +287,9 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
     for name in cfg.eval_splits:
         task.split(name)  # unknown split names fail before any work
     cfg, split = resolve_split(cfg, task)
+    check_split = getattr(method, "check_split", None)
+    if check_split is not None:  # a method that cannot work on this split refuses before any image is encoded
+        check_split(split)
     backbone = backbone or load_backbone(cfg.backbone)
     cache = cache or make_cache(cfg.cache_dir, cfg.verify_cache)
     source = method_source(cfg.method)  # a plugin's package and version (None for a built-in method)

@@ -46,6 +46,8 @@ CANDIDATES: tuple[str, ...] = (
 )
 # Not candidates: coop (every training step runs the text encoder: minutes, not seconds) and zeroshot_ens
 # (zero-shot with other templates; ask for it with --set candidates=...).
+NO_VAL = ("--method auto chooses on the validation split, and this run has none (a dataset without one, and too "
+          "few training images to draw min(K, 4) per class besides the shots); choose a --method yourself")
 TIE_RULE = "highest validation top-1; equal scores go to the simpler method (earlier in the order)"
 
 
@@ -132,11 +134,14 @@ class AutoMethod(Method):
             get_method(name, params.candidate_params.get(name))
         return cls(params)
 
+    def check_split(self, split) -> None:
+        """Called by taskres.fit before any image is encoded: no validation images, nothing to choose on."""
+        if not split.val:
+            raise TrainingError(NO_VAL)
+
     def fit(self, ctx: FitContext) -> Classifier:
         if not has_val(ctx):
-            raise TrainingError("--method auto chooses on the validation split, and this run has none (a dataset "
-                                "without one and too few training images to draw min(K, 4) per class besides the "
-                                "shots); choose a --method yourself")
+            raise TrainingError(NO_VAL)
         if ctx.train_for is None:
             raise TrainingError("--method auto needs each candidate's training views (FitContext.train_for); "
                                 "run it through taskres.fit")
