@@ -148,3 +148,23 @@ def test_methods_lists_every_built_in_with_its_paper(capsys):
         assert rows[name]["source"] == "built-in" and rows[name]["auto_candidate"] == (name in CANDIDATES)
         if name != "auto":  # a paper with its venue and year, e.g. "..., CVPR 2023"
             assert any(str(year) in rows[name]["paper"] for year in range(2021, 2025)), name
+
+
+def test_conflicting_and_wrong_entry_points_are_each_named_and_left_out(monkeypatch, caplog):
+    from importlib.metadata import EntryPoint
+
+    from taskres import plugins
+    from taskres.methods import BUILTIN_METHODS
+    from taskres.methods.zeroshot import ZeroShot
+
+    eps = [EntryPoint("twin", "taskres.methods.zeroshot:ZeroShot", plugins.GROUP),
+           EntryPoint("twin", "taskres.methods.gda:GDA", plugins.GROUP),
+           EntryPoint("not_a_method", "taskres.api:fit", plugins.GROUP),
+           EntryPoint("fine", "taskres.methods.zeroshot:ZeroShot", plugins.GROUP)]
+    monkeypatch.setattr(plugins, "_entry_points", lambda: eps)
+    table = plugins.MethodTable(dict(BUILTIN_METHODS))
+    with caplog.at_level("WARNING", logger="taskres"):
+        assert table["fine"] is ZeroShot and "twin" not in table and "not_a_method" not in table
+    assert set(table.problems) == {"twin", "not_a_method"} and len(caplog.records) == 2
+    assert "declared by" in table.problems["twin"] and "not a taskres.methods.Method" in table.problems["not_a_method"]
+    assert set(BUILTIN_METHODS) < set(table)

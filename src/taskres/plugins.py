@@ -15,7 +15,7 @@ warning and left out; the built-in methods never depend on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
@@ -48,11 +48,12 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return list(metadata.entry_points(group=GROUP))
 
 
-class MethodTable(Mapping):
+class MethodTable(MutableMapping):
     """``--method`` name -> Method class: the built-ins (an explicit dict), then the installed plugins.
 
     Plugins are loaded on the first lookup; ``problems`` keeps, per name, the one line said about a plugin
-    that was left out (so that ``--method NAME`` can say why NAME is missing).
+    that was left out (so that ``--method NAME`` can say why NAME is missing). Setting or deleting a name
+    changes the explicit table (a method registered in code, e.g. by a test).
     """
 
     def __init__(self, builtin: dict[str, type]):
@@ -110,6 +111,12 @@ class MethodTable(Mapping):
 
     def __getitem__(self, name: str) -> type:
         return self._all()[name]
+
+    def __setitem__(self, name: str, cls: type) -> None:
+        self.builtin[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        del self.builtin[name]
 
     def __iter__(self):
         return iter(self._all())
