@@ -26,7 +26,6 @@ from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, check_regime, get_method
 from .metrics import split_evaluation
 from .run_report import write_run_report
-from .transforms import load_image
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
@@ -89,6 +88,14 @@ def versions() -> dict:
 
     return {"taskres": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
             "python": platform.python_version()}
+
+
+def method_source(name: str) -> dict | None:
+    """The package and version of a plugin method (taskres.plugins); None for a built-in one."""
+    from .methods import METHODS
+
+    source = METHODS.source(name)
+    return source.to_dict() if source is not None else None
 
 
 def make_cache(cache_dir: str | None, verify: str | None = None) -> FeatureCache:
@@ -284,10 +291,15 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
     for name in cfg.eval_splits:
         task.split(name)  # unknown split names fail before any work
     cfg, split = resolve_split(cfg, task)
+    check_split = getattr(method, "check_split", None)
+    if check_split is not None:  # a method that cannot work on this split refuses before any image is encoded
+        check_split(split)
     backbone = backbone or load_backbone(cfg.backbone)
     cache = cache or make_cache(cfg.cache_dir, cfg.verify_cache)
+    source = method_source(cfg.method)  # a plugin's package and version (None for a built-in method)
     if work_dir is not None:
-        write_json_atomic(work_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
+        write_json_atomic(work_dir / "config.json", {**cfg.to_dict(), "versions": versions(),
+                                                     **({"method_source": source} if source else {})})
         write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
     base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
@@ -296,10 +308,13 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         None, None)
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
                         val_features=val_feats, val_labels=val_labels, progress=cfg.progress)
+    ctx.train_for = lambda scale: training_source(cfg, backbone, cache, split, scale)  # --method auto's candidates
     torch.manual_seed(cfg.seed)
     fit_started = time.time()
     classifier = method.fit(ctx)
     fit_seconds = time.time() - fit_started
+    if source:  # saved in the classifier too: loading it where the package is missing says what to install
+        classifier.meta.extra = {**classifier.meta.extra, "method_source": source}
 
     evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
     fewest, most = shots_used(split, task.num_classes)
@@ -325,6 +340,9 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         "versions": versions(),
         "evaluation": evaluations,  # per split: top-5, macro, ECE, per class, confusion, zero-shot alike
     }
+    for key, value in (("auto", classifier.meta.extra.get("auto")), ("method_source", source)):
+        if value:  # --method auto's choice and every candidate's val score; a plugin's package
+            metrics[key] = value
     if work_dir is not None:
         save_classifier(classifier, work_dir / "classifier.safetensors")
         write_json_atomic(work_dir / "metrics.json", metrics)
@@ -398,15 +416,21 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
 
 def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k: int = 5,
             backbone_cfg: BackboneConfig | None = None, backbone: Backbone | None = None,
-            device: str | None = None, precision: str | None = None) -> list[dict]:
-    """Top-k classes with probabilities for each image file (``device`` / ``precision`` as in evaluate)."""
-    if not isinstance(k, int) or k < 1:
+            device: str | None = None, precision: str | None = None, file_list: str | None = None,
+            batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
+            progress: bool = False) -> list[dict]:
+    """Top-k classes with probabilities for each image: ``[{"image": path, "top": [(class, p), ...]}, ...]``.
+
+    ``images``: files, or folders (their image files, recursively); ``file_list``: a text file of paths.
+    Unreadable images stop with one line naming them, or with ``skip_bad_images`` get ``"top": None`` and
+    ``"error"``. ``taskres.predictions.json_rows`` / ``write_csv`` give what ``predict --json`` / ``--csv``
+    write. ``device`` / ``precision`` as in evaluate."""
+    from .predictions import image_files, predict_files
+
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"--top must be at least 1, not {k!r}")
+    paths = image_files(list(images), file_list)
     clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
                                              precision=precision)
-    batch = torch.stack([backbone.preprocess(load_image(p)) for p in images])
-    probs = clf.predict_proba(backbone.encode_images(batch))
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [{"image": path, "top": [(clf.classnames[i], float(p)) for p, i in zip(vals.tolist(), ids.tolist())]}
-            for path, vals, ids in zip(images, top.values, top.indices)]
+    return predict_files(clf, backbone, paths, k=k, batch_size=batch_size, num_workers=num_workers,
+                         skip_bad_images=skip_bad_images, progress=progress)

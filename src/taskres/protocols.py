@@ -252,7 +252,8 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
         if "=" not in item:
             raise ValueError(f"--set {item}: expected [METHOD.]KEY=VALUE")
         key, value = item.split("=", 1)
-        method, _, name = key.rpartition(".")
+        # METHOD.KEY at the first dot: auto.taskres.lr is auto's parameter "taskres.lr"
+        method, _, name = key.partition(".") if "." in key else ("", "", key)
         name = name.strip().replace("-", "_")
         if method:
             if method not in sweep.methods:
@@ -336,6 +337,9 @@ class Cell:
             "views": sweep.views if sweep.regime == "cached" else 0, "augment": sweep.augment,
             "allow_fewer_shots": sweep.allow_fewer_shots,
         }
+        source = METHODS.source(self.method)
+        if source is not None:  # a plugin: another version of its package is another result
+            key["method_source"] = source.requirement()
         if self.protocol == "domain":
             key["targets"] = list(sweep.targets)
         if sweep.search_split != "fewshot":  # records made before the option searched the few-shot split

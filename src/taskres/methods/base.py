@@ -41,6 +41,9 @@ class FitContext:
     dataset_lr: float | None = None
     backbone: Any = None  # the Backbone, for methods that go through the text encoder (CoOp, TaskRes*)
     progress: bool = True
+    # aug_scale -> a fresh training source at that crop (taskres.fit sets it): --method auto fits candidates
+    # whose reference crops differ from the one ``train`` was made with
+    train_for: Callable[[Any], Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +72,7 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = dict
     description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the paper it reproduces (``taskres methods`` lists it)
     # The RandomResizedCrop area range of the method's training views, as its reference code crops them;
     # None: the un-augmented test transform. Default: Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py),
     # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).

@@ -94,6 +94,8 @@ def outer_step(multipliers: torch.Tensor, penalty: torch.Tensor,
 @dataclass
 class CLAP(Method):
     name = "clap"
+    paper = ('Silva-Rodriguez et al., "A Closer Look at the Few-Shot Adaptation of Large Vision-Language Models"'
+             ', CVPR 2024')
     Params = CLAPParams
     description = "CLAP: zero-shot-initialised linear probe, per-class penalty towards the text prototypes"
     aug_scale = (0.08, 1.0)  # SGD_lr1e-1_B256_ep300.yaml random_resized_crop at Dassl's RRCROP_SCALE

@@ -101,6 +101,7 @@ def init_linear(out_dim: int, in_dim: int, generator: torch.Generator) -> torch.
 @dataclass
 class ClipAdapter(Method):
     name = "clip_adapter"
+    paper = 'Gao et al., "CLIP-Adapter: Better Vision-Language Models with Feature Adapters", IJCV 2023'
     Params = ClipAdapterParams
     description = "CLIP-Adapter: residual bottleneck MLP on the image features, frozen text classifier"
 

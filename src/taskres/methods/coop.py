@@ -127,6 +127,7 @@ def prompt_features(tower: TextTower, learner: PromptLearner, prefix_only: bool 
 @dataclass
 class CoOp(Method):
     name = "coop"
+    paper = 'Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022'
     Params = CoOpParams
     description = "CoOp: 16 learned context vectors through the frozen text encoder (SGD, cosine)"
 

@@ -59,6 +59,7 @@ def gda_head_from_moments(moments: ClassMoments, num_classes: int) -> tuple[torc
 @dataclass
 class GDA(Method):
     name = "gda"
+    paper = 'Wang et al., "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation", ICLR 2024'
     Params = GDAParams
     description = "GDA: training-free Gaussian discriminant analysis blended with zero-shot CLIP"
     aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)

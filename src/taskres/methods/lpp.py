@@ -72,6 +72,7 @@ def init_alpha(scores: torch.Tensor, y: torch.Tensor, num_classes: int, scale: f
 @dataclass
 class LPP(Method):
     name = "lpp"
+    paper = 'Huang et al., "LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP", CVPR 2024'
     Params = LPPParams
     description = "LP++: linear probe blended with learnable per-class text weights, data-driven step sizes"
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)

@@ -240,6 +240,7 @@ class _NormalisedSource:
 @dataclass
 class TaskRes(Method):
     name = "taskres"
+    paper = 'Yu et al., "Task Residual for Tuning Vision-Language Models", CVPR 2023'
     Params = TaskResParams
     description = "Task Residual Tuning: t' = t + alpha * x, x learned from the few shots"
 

@@ -125,6 +125,8 @@ def enhanced_base(ctx: FitContext, params: TaskResEnhancedParams) -> tuple[torch
 @dataclass
 class TaskResEnhanced(Method):
     name = "taskres_enhanced"
+    paper = ('Yu et al., "Task Residual for Tuning Vision-Language Models"'
+             ', CVPR 2023 (TaskRes*; the base tuning is ours)')
     Params = TaskResEnhancedParams
     description = "TaskRes*: TaskRes on a base from a text projection fine-tuned on the shots (selected on val)"
 

@@ -190,6 +190,7 @@ def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torc
 @dataclass
 class TipAdapter(Method):
     name = "tip_adapter"
+    paper = 'Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification", ECCV 2022'
     Params = TipAdapterParams
     description = "Tip-Adapter: training-free key-value cache of the few shots, alpha/beta searched on val"
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
@@ -210,6 +211,7 @@ class TipAdapter(Method):
 @dataclass
 class TipAdapterF(Method):
     name = "tip_adapter_f"
+    paper = TipAdapter.paper
     Params = TipAdapterFParams
     description = "Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs; 100 on EuroSAT)"
     aug_scale = (0.5, 1.0)  # main.py: train_loader_F uses the same train_tranform (scale 0.5-1)

@@ -56,6 +56,8 @@ class ZeroShotParams:
 @dataclass
 class ZeroShot(Method):
     name = "zeroshot"
+    paper = ('Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (CLIP), '
+             'ICML 2021')
     Params = ZeroShotParams
     description = "zero-shot CLIP with the dataset's prompt template(s)"
 
