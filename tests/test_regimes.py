@@ -145,8 +145,10 @@ def test_online_regime_is_refused_in_one_line_before_any_work(method, tmp_path):
 
 
 def test_methods_that_take_steps_on_batches_keep_the_online_regime():
-    for name in set(METHODS) - set(ONE_PASS):
+    for name in set(METHODS) - set(ONE_PASS) - {"auto"}:
         check_regime(get_method(name), "online")  # no refusal: these train batch by batch, or use no images
+    with pytest.raises(ValueError, match="--regime online: auto"):  # its candidates are the one-pass methods
+        check_regime(get_method("auto"), "online")
 
 
 def test_a_one_pass_method_given_an_online_source_by_hand_refuses():
