@@ -560,7 +560,8 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOu
     base = result.metrics["top1"]["test"]  # base test images, base classes only
 
     method = get_method(cell.method, sweep.method_params.get(cell.method))
-    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress)
+    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress,
+                            recipe=method.recipe)
     new_clf = classifier_for_new_classes(method, result.classifier, new_ctx)
     details = {"base_classes": base_task.classnames, "new_classes": new_task.classnames,
                "num_images": {"base": result.metrics["num_images"]["test"], "new": 0}}

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ..classifier import Classifier, ClassifierMeta
+from .text_recipe import TASKRES, TextRecipe
 
 log = logging.getLogger("taskres")
 
@@ -26,9 +27,9 @@ class TrainingError(RuntimeError):
 @dataclass
 class FitContext:
     task_name: str
-    classnames: list[str]
-    templates: list[str]
-    text_classifier: torch.Tensor  # t [C, D]: template mean of unnormalised text embeddings
+    classnames: list[str]  # the dataset's class names: what the classifier saves and a user sees
+    templates: list[str]  # the templates the method's text recipe prompts with on this dataset
+    text_classifier: torch.Tensor  # t [C, D], built by the method's text recipe (TaskRes: unnormalised mean)
     logit_scale: float  # CLIP's (log) temperature; logits use exp(logit_scale)
     train: Any  # CachedViews | OnlineAugmented: .features(idx, epoch), .labels, .num_samples, .dim
     shots: int
@@ -41,6 +42,12 @@ class FitContext:
     dataset_lr: float | None = None
     backbone: Any = None  # the Backbone, for methods that go through the text encoder (CoOp, TaskRes*)
     progress: bool = True
+    prompt_classnames: list[str] | None = None  # the names the method prompts with (None: ``classnames``)
+    text_recipe: TextRecipe | None = None  # the recipe that built ``text_classifier`` (None: not said)
+
+    def __post_init__(self):
+        if self.prompt_classnames is None:
+            self.prompt_classnames = list(self.classnames)
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +80,19 @@ class Method:
     # None: the un-augmented test transform. Default: Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py),
     # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).
     aug_scale: ClassVar[tuple[float, float] | None] = (0.08, 1.0)
+    # How the method's original builds its zero-shot text classifier (methods/text_recipe.py). Default:
+    # TaskRes's base, which methods that use no text (the linear probe) get for their zero-shot column.
+    text_recipe: ClassVar[TextRecipe] = TASKRES
+
+    @classmethod
+    def recipe_for(cls, hparams: dict | None = None) -> TextRecipe:
+        """The text recipe of a run with these parameters (a method whose recipe is a parameter overrides)."""
+        return cls.text_recipe
+
+    @property
+    def recipe(self) -> TextRecipe:
+        params = self.params
+        return self.recipe_for(dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params)
 
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
