@@ -127,3 +127,18 @@ def test_fit_gives_each_method_its_text_classifier_and_records_it(tiny_backbone,
     assert torch.allclose(F.normalize(zs.classifier.base.double(), dim=-1), want, atol=1e-6)
     assert out["taskres"].metrics["text_classifier"]["names"] == "raw"
     assert recipe_of("tip_adapter").names == "spaces" and recipe_of("not-a-method").names == "raw"
+
+
+def test_bench_records_of_a_changed_recipe_are_not_reused():
+    """A sweep's cell key names the text recipe for every method whose classifier is not TaskRes's base, so a
+    record made before (every method on TaskRes's base) is run again; TaskRes's records stay valid."""
+    from taskres.protocols import BackboneSpec, Cell, SweepConfig
+
+    sweep = SweepConfig(datasets=["ucf101"], methods=["taskres", "tip_adapter", "zeroshot", "clap"],
+                        backbones=[BackboneSpec("RN50")], method_params={"zeroshot": {"templates": "ensemble"}})
+    keys = {m: Cell("fewshot", sweep.backbones[0], "ucf101", m, 1, 1).key(sweep) for m in sweep.methods}
+    assert "text_recipe" not in keys["taskres"] and "text_recipe" not in keys["clap"]  # CLAP's is TaskRes's
+    assert keys["tip_adapter"]["text_recipe"]["names"] == "spaces"
+    assert keys["zeroshot"]["text_recipe"]["ensemble"] == list(IMAGENET_SELECT)
+    import json
+    assert json.loads(json.dumps(keys["tip_adapter"])) == keys["tip_adapter"]  # equal after a record's round trip

@@ -31,7 +31,8 @@ from .backbone import MINI_MODEL, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
-from .methods import METHODS, get_method
+from .methods import METHODS, get_method, recipe_of
+from .methods.text_recipe import TASKRES
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
 # The methods of the paper's comparisons, in the paper's order (those absent from METHODS are skipped).
@@ -340,6 +341,9 @@ class Cell:
             key["targets"] = list(sweep.targets)
         if sweep.search_split != "fewshot":  # records made before the option searched the few-shot split
             key["search_split"] = sweep.search_split
+        recipe = recipe_of(self.method, sweep.method_params.get(self.method))
+        if not recipe.builds_like(TASKRES):  # records made with TaskRes's base for every method (issue 19) are stale
+            key["text_recipe"] = recipe.key()
         return key
 
 

@@ -66,6 +66,17 @@ class TextRecipe:
             return feats.mean(dim=1)  # TaskRes's base: the mean of unnormalised embeddings
         return F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
 
+    def key(self) -> dict:
+        """Everything that decides the classifier, JSON-safe (a bench record made with another is not reused)."""
+        return {"source": self.source, "names": self.names, "normalize": self.normalize,
+                "templates": None if self.templates is None else list(self.templates),
+                "imagenet_templates": None if self.imagenet_templates is None else list(self.imagenet_templates),
+                "ensemble": list(self.ensemble)}
+
+    def builds_like(self, other: "TextRecipe") -> bool:
+        """The same classifier on every dataset (the cited source aside)."""
+        return replace(self, source="") == replace(other, source="")
+
     def describe(self, task_name: str, dataset_templates: list[str]) -> dict:
         """What a run records of the text classifier it was given."""
         return {"source": self.source, "names": self.names, "normalize": self.normalize,
