@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,13 +97,25 @@ def test_coop_prompts_the_names_with_spaces(tiny_backbone, monkeypatch):
     assert seen == [SPACED] and clf.classnames == NAMES
 
 
-def test_zeroshot_refuses_a_context_built_for_another_recipe(tiny_backbone):
-    ctx = build_context(task(), tiny_backbone, None, shots=1, seed=1, progress=False,
-                        recipe=get_method("taskres").recipe)
-    with pytest.raises(TrainingError, match="templates=dataset"):
-        get_method("zeroshot").fit(ctx)
+def test_a_context_built_for_another_recipe_is_rebuilt(tiny_backbone):
+    """A context handed to a method of another recipe (a method fitting others) gives it its own classifier."""
+    taskres_ctx = build_context(task(), tiny_backbone, None, shots=1, seed=1, progress=False,
+                                recipe=get_method("taskres").recipe)
+    for method in ("zeroshot", "zeroshot_ens", "tip_adapter"):
+        recipe = get_method(method).recipe
+        own = build_context(task(), tiny_backbone, None, shots=1, seed=1, progress=False, recipe=recipe)
+        moved = taskres_ctx.with_recipe(recipe)
+        assert moved.prompt_classnames == own.prompt_classnames == SPACED and moved.templates == own.templates
+        assert torch.allclose(moved.text_classifier, own.text_classifier, atol=1e-6)
+    assert taskres_ctx.with_recipe(get_method("clap").recipe) is taskres_ctx  # the same classifier
+    zs = get_method("zeroshot").fit(taskres_ctx)
+    want = build_context(task(), tiny_backbone, None, shots=1, seed=1, progress=False,
+                         recipe=get_method("zeroshot").recipe).text_classifier
+    assert torch.allclose(zs.base, want, atol=1e-6)
     with pytest.raises(ValueError, match="templates must be one of"):
         get_method("zeroshot", {"templates": "bogus"}).recipe
+    with pytest.raises(TrainingError, match="no backbone"):
+        dataclasses.replace(taskres_ctx, backbone=None).with_recipe(get_method("gda").recipe)
 
 
 def test_fit_gives_each_method_its_text_classifier_and_records_it(tiny_backbone, tmp_path):

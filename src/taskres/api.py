@@ -217,7 +217,8 @@ def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed
         text_classifier=base, logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
         backbone_identity=backbone.identity, val_features=val_features, val_labels=val_labels,
         class_ids=task.class_ids, dataset_alpha=task.alpha, dataset_lr=task.lr, backbone=backbone,
-        progress=progress, prompt_classnames=recipe.prompt_names(task.classnames), text_recipe=recipe)
+        progress=progress, prompt_classnames=recipe.prompt_names(task.classnames), text_recipe=recipe,
+        dataset_templates=list(task.templates))
 
 
 def is_run_folder(path: Path) -> bool:

@@ -44,10 +44,27 @@ class FitContext:
     progress: bool = True
     prompt_classnames: list[str] | None = None  # the names the method prompts with (None: ``classnames``)
     text_recipe: TextRecipe | None = None  # the recipe that built ``text_classifier`` (None: not said)
+    dataset_templates: list[str] | None = None  # the dataset's own templates (None: ``templates``)
 
     def __post_init__(self):
         if self.prompt_classnames is None:
             self.prompt_classnames = list(self.classnames)
+
+    def with_recipe(self, recipe: TextRecipe) -> "FitContext":
+        """This context as a method of ``recipe`` must see it (its prompt names, templates, text classifier).
+
+        The same context when it already follows ``recipe`` or does not say which recipe built it (a context
+        made by hand); else the classifier is built again through ``backbone``. For a caller that hands one
+        context to several methods (a method that fits others)."""
+        if self.text_recipe is None or recipe.builds_like(self.text_recipe):
+            return self
+        if self.backbone is None:
+            raise TrainingError(f"the text classifier follows {self.text_recipe.source}, the method needs "
+                                f"{recipe.source}, and no backbone was given to build it")
+        own = self.dataset_templates if self.dataset_templates is not None else self.templates
+        names, templates = recipe.prompt_names(self.classnames), recipe.task_templates(self.task_name, own)
+        return dataclasses.replace(self, prompt_classnames=names, templates=templates, text_recipe=recipe,
+                                   text_classifier=recipe.build(self.encode_texts, names, templates))
 
     @property
     def num_classes(self) -> int:

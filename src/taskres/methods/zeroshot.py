@@ -19,7 +19,7 @@ import torch
 
 from ..classifier import CosineClassifier
 from . import text_recipe as recipes
-from .base import FitContext, Method, TrainingError
+from .base import FitContext, Method
 
 SINGLE_TEMPLATE = recipes.PHOTO[0]
 # CoOp trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT (the CLIP authors' 7 chosen templates): the
@@ -63,11 +63,7 @@ class ZeroShot(Method):
     def fit(self, ctx: FitContext) -> CosineClassifier:
         """Nothing to learn: the text classifier the run was given, built by ``self.recipe``."""
         params = self.params or self.Params()
-        recipe = self.recipe_for({"templates": params.templates})  # an unknown choice fails here too
-        if ctx.text_recipe is not None and ctx.text_recipe != recipe:
-            raise TrainingError(f"{self.name} --set templates={params.templates}: the context's text classifier "
-                                f"follows {ctx.text_recipe.source}, not {recipe.source} (build it with "
-                                "recipe=method.recipe)")
+        ctx = ctx.with_recipe(self.recipe_for({"templates": params.templates}))  # an unknown choice fails here
         return CosineClassifier(ctx.meta(self.name, params), ctx.text_classifier, None, 0.0, ctx.logit_scale)
 
     def classifier_for_new_classes(self, classifier, ctx: FitContext) -> CosineClassifier:
