@@ -67,8 +67,9 @@ class TextRecipe:
         return F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
 
     def key(self) -> dict:
-        """Everything that decides the classifier, JSON-safe (a bench record made with another is not reused)."""
-        return {"source": self.source, "names": self.names, "normalize": self.normalize,
+        """Everything that decides the classifier (the cited source aside), JSON-safe: a bench record made with
+        another key is not reused."""
+        return {"names": self.names, "normalize": self.normalize,
                 "templates": None if self.templates is None else list(self.templates),
                 "imagenet_templates": None if self.imagenet_templates is None else list(self.imagenet_templates),
                 "ensemble": list(self.ensemble)}
