@@ -36,8 +36,10 @@ SOURCES = {
     "taskres": ("geekyutao/TaskRes", ["trainers/taskres.py", "trainers/imagenet_templates.py"], "base_text_features"),
     "clip_adapter": ("gaopengcuhk/CLIP-Adapter", ["clip_adapter.py"], "clip_adapter"),
 }
-OFFICIAL = {"repo": "several (see meta['sources'])", "files": [f"{r}:{f}" for r, fs, _ in SOURCES.values() for f in fs],
-            "what": "each comparison method's zero-shot text classifier as its official code builds it"}
+OFFICIAL = {"repo": ", ".join(r for r, _, _ in SOURCES.values()),
+            "files": [f"{r}:{f}" for r, fs, _ in SOURCES.values() for f in fs],
+            "what": "each comparison method's zero-shot text classifier as its official code builds it "
+                    "(goldens text_<method>, one per repository)"}
 # taskres dataset name -> (Dassl's cfg.DATASET.NAME, the templates taskres's reader gives it)
 DATASETS = {"ucf101": ("UCF101", ["a photo of a person doing {}."]), "imagenet": ("ImageNet", None)}
 DEVIATIONS = [
@@ -104,39 +106,40 @@ def run_method(method: str, repo: Path, model) -> dict[str, torch.Tensor]:
 
 
 def generate(repo: Path) -> None:
-    """``repo``: the folder of checkouts (``owner+name`` each)."""
-    tensors, sources = {}, {}
+    """``repo``: the folder of checkouts (``owner+name`` each). One golden per method, ``text_<method>``."""
     layer_norm = type(fixture.tiny_clip(torch.float64).ln_final)
     for method, (name, files, _) in SOURCES.items():
         checkout = repo / name.replace("/", "+")
-        sources[method] = {"repo": name, "commit": snapshot_commit(checkout), "files": files}
+        tensors = {}
         for dtype_name, dtype in fixture.DTYPES.items():
             model = fixture.tiny_clip(dtype)
             exact = fixture.exact_layernorm(layer_norm) if dtype == torch.float64 else contextlib.nullcontext()
             with exact:
                 for dataset, text in run_method(method, checkout, model).items():
                     tensors[f"{dtype_name}/{method}/{dataset}"] = text.to(dtype)
-    meta = {
-        "official": {"repo": OFFICIAL["repo"], "files": OFFICIAL["files"],
-                     "commit": ", ".join(f"{m}:{s['commit'][:12]}" for m, s in sources.items())},
-        "sources": sources, "what": OFFICIAL["what"], "classnames": list(fixture.CLASSNAMES),
-        "outputs": [f"{m}/{d}" for m in SOURCES for d in DATASETS],
-        "patches": ["dassl stubbed (registries, trainer base classes; unused by the functions run)",
-                    ".cuda() / .to('cuda') stay on the CPU",
-                    "CLAP, TaskRes: IMAGENET_TEMPLATES_SELECT restored before each call (`TEMPLATES += [...]` "
-                    "appends to the module's list on every call)",
-                    "fp64: OpenAI's LayerNorm keeps the input dtype (fixture.exact_layernorm)",
-                    "the fixture's class names stand in for each dataset's (ImageNet: for imagenet_classes)"],
-        "tolerance": {"float64": {"atol": 1e-12, "rtol": 1e-12}, "float32": {"atol": 1e-5, "rtol": 1e-5}},
-    }
-    fixture.save_golden("text_classifiers", tensors, meta)
+        meta = {
+            "module": "text_classifiers",
+            "official": {"repo": name, "commit": snapshot_commit(checkout), "files": files},
+            "what": f"{method}'s zero-shot text classifier (UCF101, ImageNet; '_' names)",
+            "classnames": list(fixture.CLASSNAMES), "outputs": [f"{method}/{d}" for d in DATASETS],
+            "patches": ["dassl stubbed (registries, trainer base classes; unused by the functions run)",
+                        ".cuda() / .to('cuda') stay on the CPU",
+                        "CLAP, TaskRes: IMAGENET_TEMPLATES_SELECT restored before each call (`TEMPLATES += "
+                        "[...]` appends to the module's list on every call)",
+                        "fp64: OpenAI's LayerNorm keeps the input dtype (fixture.exact_layernorm)",
+                        "the fixture's class names stand in for each dataset's (ImageNet: for imagenet_classes)"],
+            "tolerance": {"float64": {"atol": 1e-12, "rtol": 1e-12}, "float32": {"atol": 1e-5, "rtol": 1e-5}},
+        }
+        fixture.save_golden(f"text_{method}", tensors, meta)
 
 
 def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Each method's text classifier from its taskres text recipe (what its FitContext receives)."""
-    return {f"{method}/{dataset}": recipe_text_classifier(method, dataset, dataset_templates(dataset),
-                                                          meta["classnames"], dtype)
-            for method in SOURCES for dataset in DATASETS}
+    """The method's text classifier from its taskres text recipe (what its FitContext receives)."""
+    out = {}
+    for key in meta["outputs"]:
+        method, dataset = key.split("/")
+        out[key] = recipe_text_classifier(method, dataset, dataset_templates(dataset), meta["classnames"], dtype)
+    return out
 
 
 def main() -> None:
