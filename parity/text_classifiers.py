@@ -28,7 +28,8 @@ from parity.text_official import literal, load_module, official_code, recipe_tex
 
 # method -> (repository, files read, how to run it)
 SOURCES = {
-    "tip_adapter": ("gaopengcuhk/Tip-Adapter", ["utils.py", "datasets/ucf101.py", "datasets/imagenet.py"], "clip_classifier"),
+    "tip_adapter": ("gaopengcuhk/Tip-Adapter", ["utils.py", "datasets/ucf101.py", "datasets/imagenet.py"],
+                    "clip_classifier"),
     "gda": ("mrflogs/ICLR24", ["utils.py", "datasets/ucf101.py", "datasets/imagenet.py"], "clip_classifier"),
     "lpp": ("FereshteShakeri/FewShot-CLIP-Strong-Baseline", ["utils.py", "datasets/ucf101.py",
                                                              "datasets/imagenet.py"], "clip_classifier"),

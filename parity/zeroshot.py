@@ -11,6 +11,7 @@ replaced by a function returning that model); ``model_inference`` gives the logi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import types
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def generate(repo: Path) -> None:
         for dtype_name, model in models.items():
             for method, trainer in TRAINERS:
                 for ours, theirs, _ in DATASETS:
-                    with fixture.exact_layernorm(layer_norm) if dtype_name == "float64" else _nothing():
+                    with fixture.exact_layernorm(layer_norm) if dtype_name == "float64" else contextlib.nullcontext():
                         text, logits = run_official(zsclip, trainer, theirs, model, pixels, select)
                     tensors[f"{dtype_name}/{method}/{ours}/text"] = text
                     tensors[f"{dtype_name}/{method}/{ours}/logits"] = logits
@@ -95,14 +96,6 @@ def generate(repo: Path) -> None:
     fixture.save_golden("zeroshot", tensors, meta)
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """taskres's ZeroShot / ZeroShotEnsemble, given the text classifier of their recipe, on the same images."""
     from taskres.methods import FitContext, get_method
@@ -116,8 +109,8 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
             zs = get_method(method)
             text = recipe_text_classifier(method, ours, templates, classnames, dtype)
             ctx = FitContext(task_name=ours, classnames=classnames, templates=templates, text_classifier=text,
-                             logit_scale=fixture.tiny_backbone().logit_scale, train=None, shots=0, seed=1, backbone_identity={},
-                             text_recipe=zs.recipe)
+                             logit_scale=fixture.tiny_backbone().logit_scale, train=None, shots=0, seed=1,
+                             backbone_identity={}, text_recipe=zs.recipe)
             clf = zs.fit(ctx)
             out[f"{method}/{ours}/text"] = text
             with torch.no_grad():
