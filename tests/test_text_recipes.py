@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from taskres.api import FitConfig, build_context, fit
+from taskres.api import FitConfig, build_context, evaluate, fit
 from taskres.datasets import TaskData
 from taskres.datasets.base import Sample
 from taskres.datasets.coop import IMAGENET_TEMPLATES
@@ -140,6 +140,11 @@ def test_fit_gives_each_method_its_text_classifier_and_records_it(tiny_backbone,
     want = expected_classifier(tiny_backbone, SPACED, ["a photo of a person doing {}."], True)
     assert torch.allclose(F.normalize(zs.classifier.base.double(), dim=-1), want, atol=1e-6)
     assert out["taskres"].metrics["text_classifier"]["names"] == "raw"
+    # the zero-shot column beside a run is its method's own text classifier: for zero-shot, the method itself
+    for evaluation in (zs.metrics["evaluation"]["test"],
+                       evaluate(zs.classifier, "ucf101", task=data, backbone=tiny_backbone, cache_dir="",
+                                progress=False)["evaluation"]):
+        assert evaluation["zeroshot"]["ece"] == pytest.approx(evaluation["method"]["ece"], abs=1e-9)
     assert recipe_of("tip_adapter").names == "spaces" and recipe_of("not-a-method").names == "raw"
 
 
