@@ -23,7 +23,8 @@ from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_
                        shots_used)
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
-from .methods import FitContext, check_regime, get_method
+from .methods import FitContext, check_regime, get_method, recipe_of
+from .methods.text_recipe import TASKRES, TextRecipe
 from .metrics import split_evaluation
 from .run_report import write_run_report
 
@@ -203,18 +204,28 @@ def evaluate_splits(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, tas
         cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
 
 
+def text_classifier_for(task: TaskData, backbone: Backbone, recipe: TextRecipe = TASKRES) -> torch.Tensor:
+    """t [C, D] of ``task``'s classes as ``recipe`` (a method's original) builds it."""
+    return recipe.build(backbone.encode_texts, recipe.prompt_names(task.classnames),
+                        recipe.task_templates(task.name, task.templates))
+
+
 def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
                   base: torch.Tensor | None = None, val_features=None, val_labels=None,
-                  progress: bool = True) -> FitContext:
-    """What a method sees of a run: tensors, class names and the backbone's text side."""
+                  progress: bool = True, recipe: TextRecipe = TASKRES) -> FitContext:
+    """What a method sees of a run: tensors, class names and the backbone's text side.
+
+    ``recipe``: the method's text recipe (``method.recipe``), which gives its prompt names, templates and
+    text classifier; ``base``, when given, is that classifier already computed."""
     if base is None:
-        base = backbone.text_classifier(task.classnames, task.templates)
+        base = text_classifier_for(task, backbone, recipe)
     return FitContext(
-        task_name=task.name, classnames=task.classnames, templates=task.templates, text_classifier=base,
-        logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
+        task_name=task.name, classnames=task.classnames, templates=recipe.task_templates(task.name, task.templates),
+        text_classifier=base, logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
         backbone_identity=backbone.identity, val_features=val_features, val_labels=val_labels,
         class_ids=task.class_ids, dataset_alpha=task.alpha, dataset_lr=task.lr, backbone=backbone,
-        progress=progress)
+        progress=progress, prompt_classnames=recipe.prompt_names(task.classnames), text_recipe=recipe,
+        dataset_templates=list(task.templates))
 
 
 def is_run_folder(path: Path) -> bool:
@@ -302,12 +313,13 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
                                                      **({"method_source": source} if source else {})})
         write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
-    base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
+    recipe = method.recipe  # how the method's original builds its text classifier (methods/text_recipe.py)
+    base = text_classifier_for(task, backbone, recipe)  # t, computed once per run
     train = training_source(cfg, backbone, cache, split, method.aug_scale)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
-                        val_features=val_feats, val_labels=val_labels, progress=cfg.progress)
+                        val_features=val_feats, val_labels=val_labels, progress=cfg.progress, recipe=recipe)
     ctx.train_for = lambda scale: training_source(cfg, backbone, cache, split, scale)  # --method auto's candidates
     torch.manual_seed(cfg.seed)
     fit_started = time.time()
@@ -335,6 +347,7 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         "num_images": {name: e["num_images"] for name, e in evaluations.items()},
         "num_train": train.num_samples,
         "hparams": classifier.meta.hparams,
+        "text_classifier": recipe.describe(task.name, task.templates),  # the method's own prompts
         "fit_seconds": round(fit_seconds, 3),
         "total_seconds": round(time.time() - started, 3),
         "versions": versions(),
@@ -407,7 +420,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
     rows = class_rows(clf, task.classnames, task.class_ids)
     data = encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
                              f"encoding {split}")
-    zero_shot = backbone.text_classifier(task.classnames, task.templates)  # t of the dataset's classes
+    # t of the dataset's classes, as the run's method builds it
+    zero_shot = text_classifier_for(task, backbone, recipe_of(clf.meta.method, clf.meta.hparams))
     evaluation = evaluate_split(clf, zero_shot, backbone.logit_scale, data, task.classnames, rows)
     return {"dataset": task.name, "split": split, "top1": evaluation["method"]["top1"],
             "num_images": evaluation["num_images"], "class_subset": rows is not None, "method": clf.meta.method,

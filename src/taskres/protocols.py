@@ -31,7 +31,8 @@ from .backbone import MINI_MODEL, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
-from .methods import METHODS, check_regime, get_method
+from .methods import METHODS, check_regime, get_method, recipe_of
+from .methods.text_recipe import TASKRES
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
 # The methods of the paper's comparisons, in the paper's order (those absent from METHODS are skipped).
@@ -344,6 +345,9 @@ class Cell:
             key["targets"] = list(sweep.targets)
         if sweep.search_split != "fewshot":  # records made before the option searched the few-shot split
             key["search_split"] = sweep.search_split
+        recipe = recipe_of(self.method, sweep.method_params.get(self.method))
+        if not recipe.builds_like(TASKRES):  # records made with TaskRes's base for every method (issue 19) are stale
+            key["text_recipe"] = recipe.key()
         return key
 
 
@@ -575,7 +579,8 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOu
     base = result.metrics["top1"]["test"]  # base test images, base classes only
 
     method = get_method(cell.method, sweep.method_params.get(cell.method))
-    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress)
+    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress,
+                            recipe=method.recipe)
     new_clf = classifier_for_new_classes(method, result.classifier, new_ctx)
     details = {"base_classes": base_task.classnames, "new_classes": new_task.classnames,
                "num_images": {"base": result.metrics["num_images"]["test"], "new": 0}}

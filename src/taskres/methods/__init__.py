@@ -17,6 +17,7 @@ from .gda import GDA
 from .linear_probe import LinearProbe
 from .lpp import LPP
 from .taskres import TaskRes
+from .text_recipe import TASKRES, TextRecipe
 from .taskres_enhanced import TaskResEnhanced
 from .tip_adapter import TipAdapter, TipAdapterF
 from .zeroshot import ZeroShot, ZeroShotEnsemble
@@ -60,5 +61,11 @@ def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     return cls(params)
 
 
+def recipe_of(name: str, hparams: dict | None = None) -> TextRecipe:
+    """The text recipe of a saved run's method (TaskRes's base for a method this registry does not know)."""
+    cls = METHODS.get(name)
+    return TASKRES if cls is None else cls.recipe_for(hparams)
+
+
 __all__ = ["BUILTIN_METHODS", "CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "check_regime",
-           "get_method", "parse_overrides", "validate_params"]
+           "get_method", "parse_overrides", "recipe_of", "validate_params"]

@@ -164,7 +164,8 @@ class AutoMethod(Method):
         name = (classifier.meta.extra.get("auto") or {}).get("chosen")
         if name is None:
             return None
-        return classifier_for_new_classes(get_method(name, self.params.candidate_params.get(name)), classifier, ctx)
+        method = get_method(name, self.params.candidate_params.get(name))
+        return classifier_for_new_classes(method, classifier, ctx.with_recipe(method.recipe))
 
 
 def fit_candidates(params: AutoParams, ctx: FitContext) -> list[Candidate]:
@@ -178,7 +179,8 @@ def fit_candidates(params: AutoParams, ctx: FitContext) -> list[Candidate]:
         started = time.time()
         try:
             method = get_method(name, params.candidate_params.get(name))
-            own = dataclasses.replace(ctx, train=ctx.train_for(method.aug_scale))
+            # its own text classifier (prompt names, templates) and its own crop, as its own run would have
+            own = dataclasses.replace(ctx.with_recipe(method.recipe), train=ctx.train_for(method.aug_scale))
             torch.manual_seed(ctx.seed)  # as taskres.fit does before a method's fit
             clf = method.fit(own)
             correct = val_correct(clf, ctx.val_features, ctx.val_labels)

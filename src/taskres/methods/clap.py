@@ -14,7 +14,8 @@ Lagrangian multiplier after its one outer step from the zero-shot solution. Ever
 (jusiro/CLAP trainers/adapters.py, ``INIT=ZS CONSTRAINT=l2`` as its README and experiments/experiment_CLAP.txt
 run it):
 - t: the template mean of unnormalised text embeddings (``_get_base_text_features``; on ImageNet the 7
-  "select" templates and "a photo of a {}.", the same 8 as ours), i.e. ``ctx.text_classifier``;
+  "select" templates and "a photo of a {}.", the same 8 as ours), class names as written (no "_" replaced),
+  i.e. ``ctx.text_classifier`` (``text_recipe``, TaskRes's);
 - the multipliers from the zero-shot softmax on the augmented training features (``init_lagrangian_
   multipliers``), fixed during training: the release's outer step (``outer_step``) runs only for a
   constraint named "adaptative", which no released script uses; ``multipliers="adaptive"`` runs it after
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
+from . import text_recipe as recipes
 from .base import FitContext, Method
 from .common import LinearClassifier, TrainSamples, check_classes, check_epochs, require_positive
 from .training import Schedule, check_finite
@@ -98,6 +100,7 @@ class CLAP(Method):
              ', CVPR 2024')
     Params = CLAPParams
     description = "CLAP: zero-shot-initialised linear probe, per-class penalty towards the text prototypes"
+    text_recipe = recipes.CLAP  # raw names and TaskRes's unnormalised mean
     aug_scale = (0.08, 1.0)  # SGD_lr1e-1_B256_ep300.yaml random_resized_crop at Dassl's RRCROP_SCALE
     no_online = "trains on augmented passes encoded once (epochs_aumentation; here --views), as released"
 

@@ -168,8 +168,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def normalized_text(ctx: FitContext) -> torch.Tensor:
     """The zero-shot classifier's rows on the unit sphere (t / |t|).
 
-    t is the template mean of unnormalised embeddings (the project's base). Tip-Adapter, LP++ and GDA's code
-    normalise each template's embedding before averaging; with one template (all but ImageNet) both agree.
+    t is built by the method's text recipe (methods/text_recipe.py): Tip-Adapter, LP++ and GDA's recipe already
+    normalises each template's embedding and the mean, so this is then t itself.
     """
     return F.normalize(ctx.text_classifier.float(), dim=-1)
 

@@ -15,8 +15,8 @@ cached augmented view (the release stacks augment_epoch = 10 passes, configs/few
 scale 0.5-1, main_few_shots.py train_tranform). Since both terms are linear in f, the export is one
 ``LinearClassifier``. Not the release's behaviour: alpha is searched on the split ``--search-split`` names
 (min(K, 4) per class by default; the release searches the whole val split, ``full``, and on ImageNet the test
-set, which this project never does); the text weights are the template mean of unnormalised embeddings,
-normalised (the release normalises each template first: the same for the single-template datasets).
+set, which this project never does). The text weights are the release's ``clip_classifier`` (``text_recipe``:
+names with spaces, its 7 ImageNet templates, each normalised).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
+from . import text_recipe as recipes
 from .base import FitContext, Method
 from .common import (ClassMoments, LinearClassifier, TrainSamples, accuracy, check_classes, class_moments, has_val,
                      normalized_text, warn_no_val)
@@ -62,6 +63,7 @@ class GDA(Method):
     paper = 'Wang et al., "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation", ICLR 2024'
     Params = GDAParams
     description = "GDA: training-free Gaussian discriminant analysis blended with zero-shot CLIP"
+    text_recipe = recipes.GDA  # spaces, 7 ImageNet templates, each normalised
     aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
     no_online = "is training-free: its class statistics come from the augmented passes encoded once (--views)"
 
