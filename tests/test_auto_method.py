@@ -98,3 +98,15 @@ def test_auto_parameters_are_checked_before_any_work():
     sweep = resolve_sweep({"datasets": ["mini-shapes"], "methods": ["auto"], "backbones": [{"name": TINY_MODEL}]},
                           set_items=["auto.taskres.epochs=3", "auto.candidates=zeroshot,taskres"])
     assert sweep.method_params["auto"] == {"taskres.epochs": "3", "candidates": "zeroshot,taskres"}
+
+
+def test_a_candidate_gets_its_own_text_recipe(class_folder, tmp_path):
+    """The class folders are named "red_thing", ...: Tip-Adapter prompts "red thing" (its original replaces "_"),
+    TaskRes the raw name. Chosen by auto, Tip-Adapter's classifier is the one its own run builds."""
+    assert main(fit_args(class_folder, tmp_path / "auto", "--method", "auto", "--set", "candidates=tip_adapter")) == 0
+    assert main(fit_args(class_folder, tmp_path / "alone", "--method", "tip_adapter",
+                         "--split-file", str(tmp_path / "auto" / "splits.json"))) == 0
+    from taskres import load_classifier
+
+    auto, alone = (load_classifier(tmp_path / r).tensors() for r in ("auto", "alone"))
+    assert auto.keys() == alone.keys() and all(torch.equal(auto[k], alone[k]) for k in auto)
