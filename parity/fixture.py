@@ -158,7 +158,8 @@ def features(dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     """
     g = torch.Generator().manual_seed(FEATURE_SEED)
     num_classes = len(CLASSNAMES)
-    centres = torch.nn.functional.normalize(torch.randn(num_classes, EMBED_DIM, generator=g, dtype=torch.float64), dim=-1)
+    centres = torch.randn(num_classes, EMBED_DIM, generator=g, dtype=torch.float64)
+    centres = torch.nn.functional.normalize(centres, dim=-1)
 
     def split(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
@@ -178,7 +179,8 @@ def features(dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
 def class_centres() -> torch.Tensor:
     """The unit class directions [C, D] that ``features`` draws around (float64)."""
     g = torch.Generator().manual_seed(FEATURE_SEED)
-    return torch.nn.functional.normalize(torch.randn(len(CLASSNAMES), EMBED_DIM, generator=g, dtype=torch.float64), dim=-1)
+    centres = torch.randn(len(CLASSNAMES), EMBED_DIM, generator=g, dtype=torch.float64)
+    return torch.nn.functional.normalize(centres, dim=-1)
 
 
 def feature_pool(per_class: int, noise: float, seed: int, dtype: torch.dtype = torch.float64):

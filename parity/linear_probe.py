@@ -180,6 +180,7 @@ def parse(events: list[dict], dtype: torch.dtype) -> tuple[dict[str, torch.Tenso
         final = [e for e in chunk if e["kind"] == "predict" and len(e["X"]) == n_test][-1]
         draws[f"train_idx_{shots}shot"] = _rows(p["train"][0], fits[0]["X"])
         draws[f"val_idx_{shots}shot"] = _rows(p["val"][0], val_preds[0]["X"])
+        assert len(draws[f"val_idx_{shots}shot"]) == VAL_SHOTS[shots] * len(fixture.CLASSNAMES)
         val_y = p["val"][1][draws[f"val_idx_{shots}shot"]].numpy()
         accs = [float((e["pred"] == val_y).mean()) for e in val_preds]
         out["search_c"].append([e["C"] for e in fits])
@@ -241,9 +242,9 @@ def whole_method_gap(golden: dict[str, torch.Tensor], meta: dict) -> str:
         w, b, _ = search.fits[c]
         pred = (test_x @ w.t() + b).argmax(1)
         ref = official["test_pred"][i]
-        lines.append(f"{shots}-shot C {float(official['c'][i]):.3g} vs {c:.3g}, test top-1 "
-                     f"{100 * float((ref == test_y).double().mean()):.2f} vs {100 * float((pred == test_y).double().mean()):.2f}, "
-                     f"predictions agree {100 * float((pred == ref).double().mean()):.0f} %")
+        top1 = [100 * float((p == test_y).double().mean()) for p in (ref, pred)]
+        lines.append(f"{shots}-shot C {float(official['c'][i]):.3g} vs {c:.3g}, test top-1 {top1[0]:.2f} vs "
+                     f"{top1[1]:.2f}, predictions agree {100 * float((pred == ref).double().mean()):.0f} %")
     return "; ".join(lines)
 
 

@@ -29,7 +29,7 @@ METHODS = [
     ("CoOp", r"^coop"),
     ("CLIP-Adapter", r"^clip_adapter"),
     ("Tip-Adapter", r"^tip_adapter$"),
-    ("Tip-Adapter-F", r"^tip_adapter_?f"),
+    ("Tip-Adapter-F", r"^tip_adapter(_?f)?$"),  # parity-adapters' tip_adapter golden holds Tip-Adapter-F too
     ("LP++", r"^(lpp|lp_plus)"),
     ("GDA", r"^gda"),
     ("CLAP", r"^clap"),
@@ -69,7 +69,8 @@ def _verdict(rows: list[dict]) -> str:
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = ["| method | golden | official file @ commit | compared | max abs diff per key, fp64 | same, fp32 | verdict |",
+    lines = ["| method | golden | official file @ commit | compared | max abs diff per key, fp64 | same, fp32 "
+             "| verdict |",
              "|---|---|---|---|---|---|---|"]
     seen = set()
     for res in results:
@@ -78,7 +79,8 @@ def table(results: list[dict]) -> list[str]:
         seen.update(labels)
         files = ", ".join(f"`{f}`" for f in off["files"])
         lines.append(f"| {' / '.join(labels)} | `{res['name']}` | {off['repo']}: {files} @ `{off['commit'][:10]}` | "
-                     f"{meta['what']} | {_differences(res['rows'], 'float64')} | {_differences(res['rows'], 'float32')} | "
+                     f"{meta['what']} | {_differences(res['rows'], 'float64')} | "
+                     f"{_differences(res['rows'], 'float32')} | "
                      f"{_verdict(res['rows'])} |")
     for label, _ in METHODS:
         if label not in seen:

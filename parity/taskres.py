@@ -33,7 +33,7 @@ OFFICIAL = {
     "files": ["trainers/taskres.py", "train.py (extend_cfg)", "clip/model.py",
               "configs/trainers/TaskRes/adam_lr2e-3_B256_ep100.yaml",
               "KaiyangZhou/Dassl.pytorch: dassl/engine/trainer.py (TrainerX.run_epoch), dassl/optim/*"],
-    "what": "base text classifier t (taskres encodes it in fp32), per-epoch loss and lr, final residual x, test "
+    "what": "base text classifier t (taskres encodes it in fp32), loss, lr and residual x of every epoch, test "
             "logits after 6 full-batch epochs",
 }
 CONFIG = "configs/trainers/TaskRes/adam_lr2e-3_B256_ep100.yaml"  # the release's RN50 config (1-4 shots)
@@ -75,7 +75,7 @@ TOLERANCE = {"float64": {"atol": 1e-12, "rtol": 1e-10}, "float32": {"atol": 1e-6
 # t comes from taskres's fp32 text encoder in both dtypes (Backbone.encode_texts), the release's from its own
 # encoder in the run's dtype: fp32 round-off of features whose entries reach about 3.
 TOLERANCE_BY_OUTPUT = {"base": {"float64": {"atol": 1e-5, "rtol": 0}, "float32": {"atol": 1e-5, "rtol": 0}}}
-OUTPUTS = ["base", "loss", "lr", "residual", "test_logits"]
+OUTPUTS = ["base", "loss", "lr", "residual", "residual_epochs", "test_logits"]
 
 
 # ------------------------------------------------------------------------------------- the official run
@@ -166,19 +166,20 @@ def run_official(repo: Path, dassl: Path, dtype: torch.dtype) -> dict[str, torch
         trainer.model.image_encoder = torch.nn.Identity()
         learner = trainer.model.prompt_learner
         assert learner.text_feature_residuals.dtype == dtype, learner.text_feature_residuals.dtype
-        losses, lrs = [], []
+        losses, lrs, residuals = [], [], []
         step = trainer.forward_backward
         trainer.forward_backward = lambda batch: losses.append(step(batch)["loss"]) or {"loss": losses[-1]}
         for trainer.epoch, batch in enumerate(_epoch_batches(feats["train_views"], feats["train_labels"])):
             trainer.train_loader_x = [batch]
             lrs.append(trainer.get_current_lr())
             trainer.run_epoch()  # Dassl's TrainerX: forward_backward, the scheduler steps after the last batch
+            residuals.append(learner.text_feature_residuals.detach().clone())
         trainer.set_model_mode("eval")
         with torch.no_grad():
             logits = trainer.model(feats["test"])
     return {"base": learner.base_text_features.detach().clone(), "loss": torch.tensor(losses, dtype=torch.float64),
             "lr": torch.tensor(lrs, dtype=torch.float64), "residual": learner.text_feature_residuals.detach().clone(),
-            "test_logits": logits.detach().clone()}
+            "residual_epochs": torch.stack(residuals), "test_logits": logits.detach().clone()}
 
 
 def _commit(path: Path) -> str:
@@ -219,27 +220,41 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
     views, labels = golden["train_views"].to(dtype), golden["train_labels"]
     logit_scale = float(golden["logit_scale"])
     train = _fit_fp64 if dtype == torch.float64 else _fit_fp32
-    residual, losses, lrs = train(meta, official_base, views, labels, logit_scale)
+    residual, losses, lrs, epochs = train(meta, official_base, views, labels, logit_scale)
     from taskres.methods.taskres import taskres_logits
 
     logits = taskres_logits(golden["test"].to(dtype), official_base, residual.to(dtype), meta["alpha"], logit_scale)
     return {"base": base, "loss": torch.tensor(losses, dtype=torch.float64),
-            "lr": torch.tensor(lrs, dtype=torch.float64), "residual": residual, "test_logits": logits}
+            "lr": torch.tensor(lrs, dtype=torch.float64), "residual": residual, "residual_epochs": torch.stack(epochs),
+            "test_logits": logits}
 
 
 def _fit_fp32(meta, base, views, labels, logit_scale):
-    """``TaskRes.fit`` as a user runs it (FitContext over cached views), float32."""
+    """``TaskRes.fit`` as a user runs it (FitContext over cached views), float32; x read after every step."""
+    import taskres.methods.taskres as mt
     from taskres.features.views import CachedViews
     from taskres.methods.base import FitContext
-    from taskres.methods.taskres import TaskRes, TaskResParams
 
-    ctx = FitContext(task_name=meta["dataset"], classnames=list(meta["classnames"]), templates=[_template(meta["dataset"])],
-                     text_classifier=base, logit_scale=logit_scale, train=CachedViews(views, labels, seed=meta["seed"]),
-                     shots=fixture.SHOTS, seed=meta["seed"], backbone_identity={"model": "RN50"}, progress=False)
-    lrs = []
-    params = TaskResParams(alpha=meta["alpha"], lr=meta["lr"], epochs=meta["epochs"])
-    classifier = TaskRes(params).fit(ctx, on_step=lambda epoch, step, lr, loss: lrs.append(lr))
-    return classifier.residual, classifier.meta.extra["loss_history"], lrs
+    ctx = FitContext(task_name=meta["dataset"], classnames=list(meta["classnames"]),
+                     templates=[_template(meta["dataset"])], text_classifier=base, logit_scale=logit_scale,
+                     train=CachedViews(views, labels, seed=meta["seed"]), shots=fixture.SHOTS, seed=meta["seed"],
+                     backbone_identity={"model": "RN50"}, progress=False)
+    lrs, epochs = [], []
+    train_loop = mt.train_loop
+
+    def watched(params, *args, on_step=None, **kwargs):  # fit's x is its one parameter (updated in place)
+        def record(epoch, step, lr, loss):
+            lrs.append(lr)
+            epochs.append(params[0].detach().clone())  # one full batch: one step per epoch
+        return train_loop(params, *args, on_step=record, **kwargs)
+
+    params = mt.TaskResParams(alpha=meta["alpha"], lr=meta["lr"], epochs=meta["epochs"])
+    mt.train_loop = watched
+    try:
+        classifier = mt.TaskRes(params).fit(ctx)
+    finally:
+        mt.train_loop = train_loop
+    return classifier.residual, classifier.meta.extra["loss_history"], lrs, epochs
 
 
 def _fit_fp64(meta, base, views, labels, logit_scale):
@@ -253,13 +268,17 @@ def _fit_fp64(meta, base, views, labels, logit_scale):
     residual = torch.nn.Parameter(torch.zeros_like(base))
     step = ResidualGradient(base, params.alpha, logit_scale_exp(logit_scale))
     source = _NormalisedSource(CachedViews(views, labels, seed=meta["seed"]), torch.float64, torch.device("cpu"))
-    lrs = []
+    lrs, epochs = [], []
+
+    def record(epoch, step_index, lr, loss):
+        lrs.append(lr)
+        epochs.append(residual.detach().clone())
+
     losses = train_loop([residual], None, source, Schedule(params.lr, params.epochs, params.warmup_epochs,
                                                           params.warmup_lr),
                         batch_size=params.batch_size, weight_decay=params.weight_decay, seed=meta["seed"],
-                        progress=False, grad_fn=lambda f, y: step(f, y, residual.detach()),
-                        on_step=lambda epoch, s, lr, loss: lrs.append(lr))
-    return residual.detach(), losses, lrs
+                        progress=False, grad_fn=lambda f, y: step(f, y, residual.detach()), on_step=record)
+    return residual.detach(), losses, lrs, epochs
 
 
 def main(argv: list[str] | None = None) -> None:

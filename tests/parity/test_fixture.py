@@ -75,7 +75,8 @@ def test_golden_round_trip_and_compare(tmp_path, monkeypatch):
     good = fixture.compare({"y": torch.ones(2, dtype=torch.float64), "pred": torch.tensor([0, 2])}, golden, meta,
                            torch.float64)
     assert all(row["ok"] for row in good)
-    bad = fixture.compare({"y": torch.ones(2, dtype=torch.float64) + 1e-9, "pred": torch.tensor([0, 1])}, golden, meta, torch.float64)
+    off = {"y": torch.ones(2, dtype=torch.float64) + 1e-9, "pred": torch.tensor([0, 1])}
+    bad = fixture.compare(off, golden, meta, torch.float64)
     assert [row["ok"] for row in bad] == [False, False] and math.isinf(bad[1]["ratio"])
     assert not fixture.compare({"y": torch.ones(3)}, golden, meta, torch.float64)[0]["ok"]
 
