@@ -204,6 +204,29 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
             "tolerance_by_output": TOLERANCE_BY_OUTPUT, "classnames": list(fixture.CLASSNAMES),
             "dataset": TASKRES_DATASET, "alpha": ALPHA, "lr": 2e-3, "epochs": EPOCHS, "seed": SEED}
     print(fixture.save_golden("taskres", tensors, meta))
+    print(fp16_base_effect(tensors, meta))  # the number in DEVIATIONS
+
+
+def fp16_base_effect(golden: dict[str, torch.Tensor], meta: dict) -> str:
+    """What the release's default PREC fp16 does to t and to TaskRes's result, on the fixture.
+
+    clip-anytorch's convert_weights makes the tiny CLIP what build_model leaves (fp16 linear layers and
+    projections, LayerNorm in fp32), run with a CPU's fp16 kernels; taskres then trains from each t in fp64.
+    """
+    import clip
+    from clip.model import convert_weights
+
+    tokens = clip.tokenize([_template(meta["dataset"]).format(name) for name in meta["classnames"]])
+    half = fixture.tiny_clip(torch.float32)
+    convert_weights(half)
+    with torch.no_grad():
+        t32 = fixture.tiny_clip(torch.float32).encode_text(tokens).double()
+        t16 = half.encode_text(tokens).double()
+    logits = [recompute({**golden, "float64/base": base}, meta, torch.float64)["test_logits"] for base in (t32, t16)]
+    rel = float(((t16 - t32).norm(dim=1) / t32.norm(dim=1)).max())
+    changed = int((logits[0].argmax(1) != logits[1].argmax(1)).sum())
+    return (f"fp16 t: {rel:.2g} relative, cosine >= {float(torch.cosine_similarity(t16, t32).min()):.7f}; test logits "
+            f"{float((logits[0] - logits[1]).abs().max()):.2g} apart, {changed} predictions changed")
 
 
 # ----------------------------------------------------------------------------------- taskres's answer
