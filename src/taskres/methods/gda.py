@@ -41,8 +41,8 @@ class GDAParams:
     train_views: str = "all"
 
 
-def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means, the shared shrunk precision, and the resulting linear head (W [C, D], b [C])."""
+def gda_statistics(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means mu [C, D] and the shared shrunk precision D * pinv((N-1) S + tr(S) I) [D, D], in float64."""
     x = x.double()
     counts = torch.bincount(y, minlength=num_classes).clamp(min=1).to(x.dtype)
     mus = F.one_hot(y, num_classes).to(x.dtype).t() @ x / counts[:, None]
@@ -50,9 +50,26 @@ def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.
     n, d = centred.shape
     cov = centred.t() @ centred / max(n - 1, 1)  # sample covariance S (the class means already removed)
     precision = d * torch.linalg.pinv((n - 1) * cov + torch.trace(cov) * torch.eye(d, dtype=x.dtype))
+    return mus, precision
+
+
+def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear head (W [C, D], b [C]) of the Gaussians, computed in float64 and returned in x's dtype."""
+    mus, precision = gda_statistics(x, y, num_classes)
     weight = mus @ precision
     bias = math.log(1.0 / num_classes) - 0.5 * (weight * mus).sum(dim=1)
-    return weight.float(), bias.float()
+    return weight.to(x.dtype), bias.to(x.dtype)
+
+
+def search_alpha(zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tensor, grid: list,
+                 fallback: float) -> tuple[float, float]:
+    """(alpha, val accuracy): the first grid value whose blend beats every earlier one, strict '>' from 0."""
+    alpha, best = float(fallback), 0.0
+    for a in grid:
+        acc = accuracy(zero_shot + float(a) * gda, labels)
+        if acc > best:
+            alpha, best = float(a), acc
+    return alpha, best
 
 
 @dataclass
@@ -79,11 +96,7 @@ class GDA(Method):
             if not params.alpha_grid:
                 raise ValueError("--set alpha_grid needs at least one value")
             f = F.normalize(ctx.val_features.float(), dim=-1)
-            zs, gda = scale * f @ text.t(), f @ weight.t() + bias
-            alpha, val_acc = float(params.fallback_alpha), 0.0
-            for a in params.alpha_grid:  # strict '>' from 0, as released: the first best wins
-                acc = accuracy(zs + float(a) * gda, ctx.val_labels)
-                if acc > val_acc:
-                    alpha, val_acc = float(a), acc
+            alpha, val_acc = search_alpha(scale * f @ text.t(), f @ weight.t() + bias, ctx.val_labels,
+                                          params.alpha_grid, params.fallback_alpha)
         meta = ctx.meta(self.name, params, alpha=alpha, val_top1=val_acc)
         return LinearClassifier(meta, scale * text + alpha * weight, alpha * bias, normalize=True)
