@@ -26,7 +26,11 @@ run it):
   RRCROP_SCALE); each epoch shuffles all of them and takes as many batches of 256 as the image loader has
   (N // 256 for N >= 256 images, else one), as ``TrainerXCostume.run_epoch`` does; the last epoch is kept.
 ``constraint="none"`` is the paper's ZS-LP (the same probe without the penalty). Not the release's behaviour:
-fp32 throughout (the release trains in fp32 too, its encoders in fp16).
+each epoch's shuffle comes from torch's generator seeded by the run (the release's from numpy's global one);
+fp32 throughout (the release trains in fp32 too and its image encoder ends up in fp32: CustomCLIP.forward's
+fp16 cast fails against the weights its build_model made fp32 and falls back; its text prototypes come from
+its fp16 text encoder). parity/clap.py runs the release's trainer on fixed features: ``clap_train`` matches
+it to 1e-14 in float64 (tests/parity/golden/clap.safetensors).
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def zero_shot_confidence(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, l
                          num_classes: int, scale: float | None = None) -> torch.Tensor:
     """lambda_c: the mean zero-shot probability of class c over the class-c samples.
 
-    The temperature is exp(logit_scale) (float32, as every classifier here), or ``scale`` when given.
+    The temperature is exp(logit_scale), or ``scale`` when given.
     """
     scale = logit_scale_exp(logit_scale) if scale is None else scale
     probs = torch.softmax(scale * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).t(), 1)

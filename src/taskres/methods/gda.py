@@ -16,7 +16,11 @@ scale 0.5-1, main_few_shots.py train_tranform). Since both terms are linear in f
 ``LinearClassifier``. Not the release's behaviour: alpha is searched on the split ``--search-split`` names
 (min(K, 4) per class by default; the release searches the whole val split, ``full``, and on ImageNet the test
 set, which this project never does); the text weights are the template mean of unnormalised embeddings,
-normalised (the release normalises each template first: the same for the single-template datasets).
+normalised (the release normalises each template first: the same for the single-template datasets); the
+zero-shot term's temperature is the backbone's exp(logit_scale) where the release writes 100; every dataset
+is cropped at 0.5-1 (the release's datasets/imagenet.py crops ImageNet at 0.08-1: not followed yet, the crop
+is one per method). parity/gda.py runs the release's ``run`` on fixed features: ``gda_statistics``,
+``gda_head`` and ``search_alpha`` match it to 3e-13 in float64 (tests/parity/golden/gda.safetensors).
 """
 
 from __future__ import annotations

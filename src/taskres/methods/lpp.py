@@ -24,7 +24,9 @@ with scale 0.5-1 (main.py train_tranform). Not the release's behaviour: the epoc
 ``--search-split`` names (main.py draws K images per class from the val split: ``generate_fewshot_dataset_(
 shots, split="val")``; ``fewshot`` takes min(K, 4), ``full`` the whole split); the text weights are the
 template mean of unnormalised embeddings, normalised (the release normalises each template first: the same
-for the single-template datasets).
+for the single-template datasets); float32 (on a GPU the release trains in its CLIP's fp16: get_one_hot's
+float16 one-hot only multiplies fp16 features). parity/lpp.py runs the release's ``forward`` on fixed
+features (b zeroed): ``lpp_train`` matches it to 1e-14 in float64 (tests/parity/golden/lpp.safetensors).
 """
 
 from __future__ import annotations
