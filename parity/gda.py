@@ -163,7 +163,8 @@ def measure_deviations(tensors: dict) -> dict:
     scale = float(fixture.tiny_state_dict()["logit_scale"].exp())
     mine = ours(g, torch.float32, scale)
     labels = g["test_labels"]
-    return {"temperature": scale, "temperature_logits": float((mine["test_logits"] - release["test_logits"]).abs().max()),
+    return {"temperature": scale,
+            "temperature_logits": float((mine["test_logits"] - release["test_logits"]).abs().max()),
             "alpha": [float(release["alpha"]), float(mine["alpha"])],
             "top1_change": 100.0 * float(((mine["test_logits"].argmax(1) == labels).double().mean()
                                           - (release["test_logits"].argmax(1) == labels).double().mean()))}
@@ -172,7 +173,6 @@ def measure_deviations(tensors: dict) -> dict:
 # -------------------------------------------------------------------------------------------- taskres's
 def ours(g: dict, dtype: torch.dtype, scale: float) -> dict[str, torch.Tensor]:
     """taskres.methods.gda's functions on the golden's inputs, in ``dtype``, with zero-shot temperature ``scale``."""
-    from taskres.methods.common import accuracy
     from taskres.methods.gda import GDAParams, gda_head, gda_statistics, search_alpha
 
     views = g["train_views"].to(dtype)
@@ -187,7 +187,6 @@ def ours(g: dict, dtype: torch.dtype, scale: float) -> dict[str, torch.Tensor]:
     alpha, val_acc = search_alpha(scale * val @ text.t(), val @ weight.t() + bias, g["val_labels"],
                                   params.alpha_grid, params.fallback_alpha)
     test_logits = scale * test @ text.t() + alpha * (test @ weight.t() + bias)
-    assert accuracy(test_logits, g["test_labels"]) >= 0
     return {"class_means": mus.to(dtype), "precision": precision.to(dtype), "weight": weight, "bias": bias,
             "alpha": torch.tensor(alpha, dtype=torch.float64),
             "val_correct": torch.tensor(round(val_acc * len(g["val_labels"]))), "test_logits": test_logits}

@@ -40,8 +40,8 @@ ONE_HOT = ("dtype=torch.float16)", "dtype=torch.get_default_dtype())",
 DEVIATIONS = [
     ("LP++: the bias b starts at 0, not at nn.Linear's random U(-1/sqrt(D), 1/sqrt(D)) draw",
      "the golden runs the release with b zeroed; with the release's own draw (torch.manual_seed(1)) the kept "
-     "classifier's test logits move by up to 6.3 (each image's logits span about 19) and test top-1 by 0.0 points on the "
-     "fixture; the draw is incidental, not part of the method"),
+     "classifier's test logits move by up to 6.3 (each image's logits span about 19) and test top-1 by 0.0 "
+     "points on the fixture; the draw is incidental, not part of the method"),
     ("LP++: trained in float32; the release on a GPU trains in fp16 (its CLIP's model.dtype; get_one_hot is "
      "float16 so the release runs on fp16 features only)",
      "the release run in fp16 on the same inputs moves the test logits by up to 0.053 and test top-1 by 0.0 "
@@ -165,9 +165,9 @@ def generate(repo: Path) -> None:
         "tolerance_by_output": {"fit_test_logits": {"float64": {"atol": 1e-4, "rtol": 1e-5},
                                                     "float32": {"atol": 1e-4, "rtol": 1e-5}}},
         "patches": [harness.CPU_PATCH, harness.FP64_DEFAULT, ZERO_BIAS[2], ONE_HOT[2],
-                    "the fixture's features (classes made to overlap: _stats_harness.overlapping_features) stand in for "
-                    "images: model.encode_image returns its input; train = view 0 of each image (the release's one "
-                    "augmented pass), val = the fixture's val split",
+                    "the fixture's features (classes made to overlap: _stats_harness.overlapping_features) stand "
+                    "in for images: model.encode_image returns its input; train = view 0 of each image (the "
+                    "release's one augmented pass), val = the fixture's val split",
                     "float64 run: the repository's CLIP in float64 with fixture.exact_layernorm",
                     f"epochs: {EPOCHS} (train_epoch 300 in configs/base.yaml)"],
         "epochs": EPOCHS, "template_dataset": TEMPLATE_DATASET, "measured": measured,
@@ -212,7 +212,8 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
     test_logits = test_x @ best.weight.t() + best.bias + best.alpha * (test_x @ text.t())
     return {
         "alpha_init": torch.tensor(last.alpha_init, dtype=torch.float64),
-        "lr_w": torch.tensor(last.lr_w, dtype=torch.float64), "lr_alpha": torch.tensor(last.lr_alpha, dtype=torch.float64),
+        "lr_w": torch.tensor(last.lr_w, dtype=torch.float64),
+        "lr_alpha": torch.tensor(last.lr_alpha, dtype=torch.float64),
         "weight_last": last.weight, "bias_last": last.bias, "alpha_last": last.alpha,
         "best_epoch": torch.tensor(best.best_epoch),
         "val_correct": torch.tensor(round(best.val_top1 * len(g["val_labels"]))),

@@ -50,7 +50,8 @@ def test_clap_golden_needs_the_zero_shot_multipliers(monkeypatch, dtype):
     import taskres.methods.clap as clap
 
     # "balanced" multipliers (all 1), a variant the release offers, instead of the zero-shot confidence
-    monkeypatch.setattr(clap, "zero_shot_confidence", lambda x, y, text, ls, c, scale=None: torch.ones(c, dtype=x.dtype))
+    monkeypatch.setattr(clap, "zero_shot_confidence",
+                        lambda x, y, text, logit_scale, c, scale=None: torch.ones(c, dtype=x.dtype))
     failing = failing_keys("clap", dtype)
     assert {"multipliers", "prototypes", "adaptive_prototypes"} <= failing
     assert not any(key.startswith("zslp_") for key in failing)  # ZS-LP has no multipliers
