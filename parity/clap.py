@@ -180,6 +180,8 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
                 tensors[f"{name}/logit_scale"] = run["logit_scale"]
             for key in ("multipliers", "lr", "prototypes", "test_logits"):
                 tensors[f"{name}/{prefix}{key}"] = run[key]
+            if not prefix:  # what CLAP.fit's exported classifier must give
+                tensors[f"{name}/fit_test_logits"] = run["test_logits"].clone()
         outputs = [k.split("/", 1)[1] for k in tensors if k.startswith(f"{name}/") and
                    k.split("/", 1)[1] not in ("text", "logit_scale")]
     meta = {
@@ -187,6 +189,9 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
         "what": OFFICIAL["what"],
         "outputs": outputs,
         "tolerance": {"float64": {"atol": 1e-10, "rtol": 1e-10}, "float32": {"atol": 2e-5, "rtol": 2e-5}},
+        # the exported classifier is float32 by design (LinearClassifier keeps float32 buffers)
+        "tolerance_by_output": {"fit_test_logits": {"float64": {"atol": 1e-4, "rtol": 1e-5},
+                                                    "float32": {"atol": 1e-4, "rtol": 1e-5}}},
         "patches": [harness.CPU_PATCH, *(why for _, _, why in PATCHES), DASSL_VERBOSE[2],
                     "train() runs as released; its extract_features returns the fixture's views through "
                     "CustomCLIP.forward with the image encoder replaced by the identity (every view a sample, "
@@ -229,7 +234,23 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
         out[f"{prefix}lr"] = torch.tensor([schedule.lr_at(e) for e in range(params.epochs)], dtype=torch.float64)
         out[f"{prefix}prototypes"] = fit.prototypes
         out[f"{prefix}test_logits"] = scale * test @ F.normalize(fit.prototypes, dim=-1).t()
+    out["fit_test_logits"] = fit_test_logits(g, int(meta["epochs"]), int(meta["seed"]))
     return out
+
+
+def fit_test_logits(g: dict, epochs: int, seed: int) -> torch.Tensor:
+    """CLAP's own ``fit`` through a FitContext (float32, every cached view a sample) on the test set."""
+    from taskres.features.views import CachedViews
+    from taskres.methods.base import FitContext
+    from taskres.methods.clap import CLAP, CLAPParams
+
+    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
+                     text_classifier=g["text"].float(), logit_scale=float(g["logit_scale"]),
+                     train=CachedViews(g["train_views"].float(), g["train_labels"]), shots=fixture.SHOTS,
+                     seed=seed, backbone_identity={}, progress=False)
+    classifier = CLAP(CLAPParams(epochs=epochs)).fit(ctx)
+    with torch.no_grad():
+        return classifier(g["test"].float())
 
 
 def main() -> None:
