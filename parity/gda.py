@@ -49,10 +49,6 @@ DEVIATIONS = [
     ("GDA: alpha is searched on the few-shot val split (min(K, 4) per class; --search-split full: the whole "
      "val split, as released); on ImageNet the release searches on the test set, which taskres never does",
      "a protocol rule, not a numeric difference: on the same val features both pick the same alpha (golden)"),
-    ("GDA on ImageNet: the cached views are cropped at scale 0.5-1 as for every dataset; the release's "
-     "datasets/imagenet.py crops ImageNet's training images at 0.08-1",
-     "not followed yet (a method has one crop scale, Method.aug_scale, read by api.py); changes ImageNet's "
-     "class means and covariance; not measured here (needs ImageNet's images)"),
 ]
 
 

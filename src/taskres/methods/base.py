@@ -74,6 +74,11 @@ class Method:
     # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).
     aug_scale: ClassVar[tuple[float, float] | None] = (0.08, 1.0)
 
+    @classmethod
+    def crop_scale(cls, dataset: str) -> tuple[float, float] | None:
+        """The crop of the training views on ``dataset``: ``aug_scale``, unless the release crops it otherwise."""
+        return cls.aug_scale
+
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
 

@@ -17,9 +17,8 @@ scale 0.5-1, main_few_shots.py train_tranform). Since both terms are linear in f
 (min(K, 4) per class by default; the release searches the whole val split, ``full``, and on ImageNet the test
 set, which this project never does); the text weights are the template mean of unnormalised embeddings,
 normalised (the release normalises each template first: the same for the single-template datasets); the
-zero-shot term's temperature is the backbone's exp(logit_scale) where the release writes 100; every dataset
-is cropped at 0.5-1 (the release's datasets/imagenet.py crops ImageNet at 0.08-1: not followed yet, the crop
-is one per method). parity/gda.py runs the release's ``run`` on fixed features: ``gda_statistics``,
+zero-shot term's temperature is the backbone's exp(logit_scale) where the release writes 100. ImageNet's
+views are cropped at 0.08-1 as the release's datasets/imagenet.py does (``crop_scale``). parity/gda.py runs the release's ``run`` on fixed features: ``gda_statistics``,
 ``gda_head`` and ``search_alpha`` match it to 3e-13 in float64 (tests/parity/golden/gda.safetensors).
 """
 
@@ -82,6 +81,12 @@ class GDA(Method):
     Params = GDAParams
     description = "GDA: training-free Gaussian discriminant analysis blended with zero-shot CLIP"
     aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+
+    @classmethod
+    def crop_scale(cls, dataset: str) -> tuple[float, float] | None:
+        # ImageNet's loader crops with its own train_preprocess: datasets/imagenet.py RandomResizedCrop(224,
+        # scale=(0.08, 1.0), bicubic); every other dataset goes through main_few_shots.py's train_tranform
+        return (0.08, 1.0) if dataset == "imagenet" else cls.aug_scale
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or GDAParams()
