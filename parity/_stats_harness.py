@@ -7,8 +7,10 @@ meta. Observation never edits code: ``watch`` reads a running function's locals 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,7 @@ def checkout(repo: Path) -> Path:
     if (repo / "README.md").exists():
         return repo
     target = Path(tempfile.mkdtemp(prefix="parity-official-"))
+    atexit.register(shutil.rmtree, target, True)
     subprocess.run(["git", "clone", "-q", str(repo), str(target / "repo")], check=True)
     return target / "repo"
 
