@@ -172,6 +172,32 @@ def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
     assert train_views("linear_probe") == [View()]
 
 
+def test_gda_crops_imagenet_as_its_release(tmp_path):
+    # mrflogs/ICLR24 datasets/imagenet.py: ImageNet's train_preprocess crops at 0.08-1, where every other
+    # dataset goes through main_few_shots.py's train_tranform at 0.5-1; fit and extract both follow it
+    from taskres.distributed import ExtractConfig, planned_views
+
+    from conftest import COLOURS, draw
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "imagenet" / "classnames.txt").write_text("n01 red thing\nn02 blue thing\n")
+    for split, count in (("train", 5), ("val", 2)):
+        for i, wnid in enumerate(("n01", "n02")):
+            folder = tmp_path / "imagenet" / "images" / split / wnid
+            folder.mkdir(parents=True)
+            for j in range(count):
+                draw(list(COLOURS.values())[i], rng).save(folder / f"{j}.png")
+    cfg = ExtractConfig("imagenet", str(tmp_path), splits=("train",), shots=2, views=2, method="gda")
+    assert [view.scale for _, _, view in planned_views(cfg)] == [(0.08, 1.0)] * 2
+    fitted = fit(FitConfig(method="gda", dataset="imagenet", data_root=str(tmp_path), shots=2, seed=1, views=2,
+                           backbone=BackboneConfig(TINY_MODEL, "none"), cache_dir=str(tmp_path / "cache"),
+                           progress=False))
+    assert fitted.metrics["augmentation"] == [0.08, 1.0]
+    assert METHODS["gda"].crop_scale("imagenet") == (0.08, 1.0) and METHODS["gda"].crop_scale("dtd") == (0.5, 1.0)
+    assert METHODS["lpp"].crop_scale("imagenet") == (0.5, 1.0)  # LP++'s datasets/imagenet.py keeps 0.5-1
+
+
 # -- the search split ----------------------------------------------------------------------------------------
 def test_full_and_fewshot_search_splits_differ_and_are_recorded(coop_tasks, tmp_path):
     task = load_dataset("dtd", str(coop_tasks))

@@ -315,7 +315,8 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
 
     recipe = method.recipe  # how the method's original builds its text classifier (methods/text_recipe.py)
     base = text_classifier_for(task, backbone, recipe)  # t, computed once per run
-    train = training_source(cfg, backbone, cache, split, method.aug_scale)
+    crop = method.crop_scale(task.name)  # the method's crop on this dataset, as its release does
+    train = training_source(cfg, backbone, cache, split, crop)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
@@ -330,6 +331,7 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
 
     evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
     fewest, most = shots_used(split, task.num_classes)
+    crop = getattr(method, "chosen_crop", crop)  # --method auto: the views of the method it chose
     metrics = {
         "method": cfg.method,
         "dataset": task.name,
@@ -339,8 +341,8 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         "shots_per_class": {"min": fewest, "max": most},
         "seed": cfg.seed,
         "regime": cfg.regime,
-        "views": (cfg.views if augmented(cfg, method.aug_scale) else 1) if cfg.regime == "cached" else 0,
-        "augmentation": list(method.aug_scale) if augmented(cfg, method.aug_scale) else None,  # crop scale
+        "views": (cfg.views if augmented(cfg, crop) else 1) if cfg.regime == "cached" else 0,
+        "augmentation": list(crop) if augmented(cfg, crop) else None,  # crop scale
         "search_split": split.search_split,
         "num_val": 0 if val_labels is None else len(val_labels),
         "top1": {name: e["method"]["top1"] for name, e in evaluations.items()},

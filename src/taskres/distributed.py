@@ -57,7 +57,7 @@ class ExtractConfig:
     views: int = DEFAULT_VIEWS  # augmented views of the train images
     augment: bool = True  # False: the train images under the test transform (``fit --no-augment``)
     search_split: str = "fewshot"  # which val images with --shots: as ``fit --search-split``
-    method: str = "taskres"  # whose training views: its crop scale (Method.aug_scale), as ``fit --method``
+    method: str = "taskres"  # whose training views: its crop on the dataset (Method.crop_scale), as ``fit``
     allow_fewer_shots: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     cache_dir: str | None = None  # None: $TASKRES_CACHE/features
@@ -128,12 +128,12 @@ def rank_device(device: str, group: Group) -> str:
     return f"cuda:{group.local_rank}" if device == "cuda" and group.world > 1 else device
 
 
-def method_aug_scale(method: str):
+def method_aug_scale(method: str, dataset: str):
     from .methods import METHODS
 
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
-    return METHODS[method].aug_scale
+    return METHODS[method].crop_scale(dataset)
 
 
 def planned_views(cfg: ExtractConfig):
@@ -146,7 +146,7 @@ def planned_views(cfg: ExtractConfig):
     for name in cfg.splits:
         if name == "train":
             samples = few.train if few else task.train
-            scale = method_aug_scale(cfg.method)
+            scale = method_aug_scale(cfg.method, task.name)
             views = ([View("aug", v, cfg.seed, scale) for v in range(cfg.views)] if cfg.augment and scale is not None
                      else [View()])
         else:

@@ -151,7 +151,9 @@ class AutoMethod(Method):
         chosen = choose(candidates)
         from . import get_method
 
-        self.aug_scale = get_method(chosen.name, self.params.candidate_params.get(chosen.name)).aug_scale
+        # the run records the chosen method's training views (taskres.fit reads it after fit)
+        self.chosen_crop = get_method(chosen.name, self.params.candidate_params.get(chosen.name)).crop_scale(
+            ctx.task_name)
         clf = chosen.classifier
         clf.meta.extra = {**clf.meta.extra, "auto": selection_record(chosen, candidates)}
         return clf
@@ -180,7 +182,7 @@ def fit_candidates(params: AutoParams, ctx: FitContext) -> list[Candidate]:
         try:
             method = get_method(name, params.candidate_params.get(name))
             # its own text classifier (prompt names, templates) and its own crop, as its own run would have
-            own = dataclasses.replace(ctx.with_recipe(method.recipe), train=ctx.train_for(method.aug_scale))
+            own = dataclasses.replace(ctx.with_recipe(method.recipe), train=ctx.train_for(method.crop_scale(ctx.task_name)))
             torch.manual_seed(ctx.seed)  # as taskres.fit does before a method's fit
             clf = method.fit(own)
             correct = val_correct(clf, ctx.val_features, ctx.val_labels)

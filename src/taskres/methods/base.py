@@ -122,6 +122,11 @@ class Method:
         params = self.params
         return self.recipe_for(dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params)
 
+    @classmethod
+    def crop_scale(cls, dataset: str) -> tuple[float, float] | None:
+        """The crop of the training views on ``dataset``: ``aug_scale``, unless the release crops it otherwise."""
+        return cls.aug_scale
+
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
 

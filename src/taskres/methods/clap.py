@@ -27,12 +27,17 @@ run it):
   RRCROP_SCALE); each epoch shuffles all of them and takes as many batches of 256 as the image loader has
   (N // 256 for N >= 256 images, else one), as ``TrainerXCostume.run_epoch`` does; the last epoch is kept.
 ``constraint="none"`` is the paper's ZS-LP (the same probe without the penalty). Not the release's behaviour:
-fp32 throughout (the release trains in fp32 too, its encoders in fp16).
+each epoch's shuffle comes from torch's generator seeded by the run (the release's from numpy's global one);
+fp32 throughout (the release trains in fp32 too and its image encoder ends up in fp32: CustomCLIP.forward's
+fp16 cast fails against the weights its build_model made fp32 and falls back; its text prototypes come from
+its fp16 text encoder). parity/clap.py runs the release's trainer on fixed features: ``clap_train`` matches
+it to 1e-14 in float64 (tests/parity/golden/clap.safetensors).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,16 +67,20 @@ class CLAPParams:
 
 
 def zero_shot_confidence(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, logit_scale: float,
-                         num_classes: int) -> torch.Tensor:
-    """lambda_c: the mean zero-shot probability of class c over the class-c samples."""
-    sums, counts = own_class_probability(x, y, text, logit_scale, num_classes)
+                         num_classes: int, scale: float | None = None) -> torch.Tensor:
+    """lambda_c: the mean zero-shot probability of class c over the class-c samples.
+
+    The temperature is exp(logit_scale), or ``scale`` when given.
+    """
+    sums, counts = own_class_probability(x, y, text, logit_scale, num_classes, scale)
     return sums / counts.clamp(min=1)
 
 
 def own_class_probability(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, logit_scale: float,
-                          num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                          num_classes: int, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class c: the sum of the zero-shot probability of c over the class-c samples, and their count."""
-    probs = torch.softmax(logit_scale_exp(logit_scale) * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).t(), 1)
+    scale = logit_scale_exp(logit_scale) if scale is None else scale
+    probs = torch.softmax(scale * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).t(), 1)
     one_hot = F.one_hot(y, num_classes).to(probs.dtype)
     return (probs * one_hot).sum(dim=0), one_hot.sum(dim=0)
 
@@ -93,6 +102,79 @@ def outer_step(multipliers: torch.Tensor, penalty: torch.Tensor,
     return torch.where(step >= 0, step, torch.zeros_like(step)), dissimilarity.clone()
 
 
+def check_params(params: CLAPParams) -> None:
+    check_epochs(params.epochs)
+    require_positive("lr", params.lr)
+    if params.batch_size < 1:
+        raise ValueError(f"--set batch_size must be at least 1, not {params.batch_size}")
+    if params.constraint not in CONSTRAINTS:
+        raise ValueError(f"--set constraint must be one of {', '.join(CONSTRAINTS)}, not {params.constraint!r}")
+    if params.multipliers not in MULTIPLIERS:
+        raise ValueError(f"--set multipliers must be one of {', '.join(MULTIPLIERS)}, "
+                         f"not {params.multipliers!r}")
+
+
+@dataclass
+class CLAPResult:
+    prototypes: torch.Tensor  # W [C, D] after the last epoch (unnormalised)
+    initial_multipliers: torch.Tensor  # lambda [C] from the zero-shot confidence
+    multipliers: torch.Tensor  # lambda [C] at the end (the same unless multipliers="adaptive")
+    loss_history: list
+
+
+def clap_train(x: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, text: torch.Tensor,
+               scale: float, params: CLAPParams, batches: int, generator: torch.Generator,
+               multipliers: torch.Tensor | None = None) -> CLAPResult:
+    """CLAP's training on normalised samples x [M, D] from prototypes W = t [C, D], in t's dtype.
+
+    ``x``: the samples, or a function from sample indices to their normalised rows (streamed views; then the
+    l2 constraint's ``multipliers`` are given, computed over the stream). ``scale`` is the temperature
+    exp(logit_scale); each epoch shuffles the M samples with ``generator`` and takes ``batches`` batches of
+    ``params.batch_size`` (fewer if the samples run out).
+    """
+    rows = x if callable(x) else x.__getitem__
+    c, dtype = text.shape[0], text.dtype
+    constrained = params.constraint == "l2"
+    if not constrained:
+        multipliers = torch.zeros(c, dtype=dtype)
+    elif multipliers is None:
+        multipliers = zero_shot_confidence(x, y, text, 0.0, c, scale=scale)
+    initial_multipliers = multipliers.clone()
+    penalty = torch.zeros(c, dtype=dtype)
+    weight = torch.nn.Parameter(text.clone())  # W = t
+    opt = torch.optim.SGD([weight], lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
+    history = []
+    for epoch in range(params.epochs):
+        for group in opt.param_groups:
+            group["lr"] = schedule.lr_at(epoch)
+        perm = torch.randperm(len(y), generator=generator)
+        total, steps = 0.0, 0
+        for b in range(batches):
+            idx = perm[b * params.batch_size:(b + 1) * params.batch_size]
+            if len(idx) == 0:
+                break
+            loss = F.cross_entropy(scale * rows(idx) @ F.normalize(weight, dim=-1).t(), y[idx])
+            if constrained:
+                loss = loss + (multipliers * (weight - text).pow(2).sum(dim=1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            check_finite(loss, epoch, b)
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+        history.append(total / max(steps, 1))
+        if constrained and params.multipliers == "adaptive":
+            with torch.no_grad():
+                multipliers, penalty = outer_step(multipliers, penalty, (weight - text).pow(2).sum(dim=1))
+    return CLAPResult(weight.detach(), initial_multipliers, multipliers, history)
+
+
+def image_loader_batches(n_images: int, batch_size: int) -> int:
+    """Batches per epoch: as many as the image loader has (drop_last from batch_size images on), at least one."""
+    return n_images // batch_size if n_images >= batch_size else 1
+
+
 @dataclass
 class CLAP(Method):
     name = "clap"
@@ -106,57 +188,19 @@ class CLAP(Method):
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or self.Params()
-        check_epochs(params.epochs)
-        require_positive("lr", params.lr)
-        if params.batch_size < 1:
-            raise ValueError(f"--set batch_size must be at least 1, not {params.batch_size}")
-        if params.constraint not in CONSTRAINTS:
-            raise ValueError(f"--set constraint must be one of {', '.join(CONSTRAINTS)}, not {params.constraint!r}")
-        if params.multipliers not in MULTIPLIERS:
-            raise ValueError(f"--set multipliers must be one of {', '.join(MULTIPLIERS)}, "
-                             f"not {params.multipliers!r}")
+        check_params(params)
         samples = TrainSamples(ctx, "all")  # every cached view is a sample, read by batch (memory-mapped or not)
         y = samples.labels
         check_classes(ctx, y)
         text = ctx.text_classifier.float().cpu()
         scale = logit_scale_exp(ctx.logit_scale)
-        c = ctx.num_classes
-        constrained = params.constraint == "l2"
-        multipliers = streamed_confidence(samples, text, ctx.logit_scale, c) if constrained else torch.zeros(c)
-        initial_multipliers = multipliers.clone()
-        penalty = torch.zeros(c)
-
-        weight = torch.nn.Parameter(text.clone())  # W = t
-        opt = torch.optim.SGD([weight], lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
-        schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
-        n_images = ctx.train.num_samples
-        batches = n_images // params.batch_size if n_images >= params.batch_size else 1
-        gen = torch.Generator().manual_seed(ctx.seed)
-        history = []
-        for epoch in range(params.epochs):
-            for group in opt.param_groups:
-                group["lr"] = schedule.lr_at(epoch)
-            perm = torch.randperm(len(y), generator=gen)
-            total, steps = 0.0, 0
-            for b in range(batches):
-                idx = perm[b * params.batch_size:(b + 1) * params.batch_size]
-                if len(idx) == 0:
-                    break
-                x = F.normalize(samples.rows(idx), dim=-1)
-                loss = F.cross_entropy(scale * x @ F.normalize(weight, dim=-1).t(), y[idx])
-                if constrained:
-                    loss = loss + (multipliers * (weight - text).pow(2).sum(dim=1)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                check_finite(loss, epoch, b)
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-            history.append(total / max(steps, 1))
-            if constrained and params.multipliers == "adaptive":
-                with torch.no_grad():
-                    multipliers, penalty = outer_step(multipliers, penalty, (weight - text).pow(2).sum(dim=1))
+        # the confidence weights stream over every view; each batch reads (and normalises) its own rows
+        multipliers = (streamed_confidence(samples, text, ctx.logit_scale, ctx.num_classes)
+                       if params.constraint == "l2" else None)
+        fit = clap_train(lambda idx: F.normalize(samples.rows(idx), dim=-1), y, text, scale, params,
+                         image_loader_batches(ctx.train.num_samples, params.batch_size),
+                         torch.Generator().manual_seed(ctx.seed), multipliers)
         summary = {k: [round(float(v.mean()), 6), round(float(v.min()), 6), round(float(v.max()), 6)]
-                   for k, v in (("initial", initial_multipliers), ("final", multipliers))}
-        meta = ctx.meta(self.name, params, loss_history=history, multipliers_mean_min_max=summary)
-        return LinearClassifier(meta, scale * F.normalize(weight.detach(), dim=-1), None, normalize=True)
+                   for k, v in (("initial", fit.initial_multipliers), ("final", fit.multipliers))}
+        meta = ctx.meta(self.name, params, loss_history=fit.loss_history, multipliers_mean_min_max=summary)
+        return LinearClassifier(meta, scale * F.normalize(fit.prototypes, dim=-1), None, normalize=True)

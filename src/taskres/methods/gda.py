@@ -16,7 +16,12 @@ scale 0.5-1, main_few_shots.py train_tranform). Since both terms are linear in f
 ``LinearClassifier``. Not the release's behaviour: alpha is searched on the split ``--search-split`` names
 (min(K, 4) per class by default; the release searches the whole val split, ``full``, and on ImageNet the test
 set, which this project never does). The text weights are the release's ``clip_classifier`` (``text_recipe``:
-names with spaces, its 7 ImageNet templates, each normalised).
+names with spaces, its 7 ImageNet templates, each normalised); the zero-shot term's temperature is the
+backbone's exp(logit_scale) where the release writes 100. ImageNet's views are cropped at 0.08-1 as the
+release's datasets/imagenet.py does (``crop_scale``). The class statistics stream over the training views
+(memory-mapped views are never all loaded). parity/gda.py runs the release's ``run`` on fixed features:
+``gda_statistics``, ``gda_head`` and ``search_alpha`` match it to 3e-13 in float64
+(tests/parity/golden/gda.safetensors).
 """
 
 from __future__ import annotations
@@ -42,19 +47,43 @@ class GDAParams:
     train_views: str = "all"
 
 
-def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means, the shared shrunk precision, and the resulting linear head (W [C, D], b [C]) of samples x."""
-    return gda_head_from_moments(class_moments(lambda: [(x, y)], num_classes, normalize=False), num_classes)
+def gda_statistics(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means mu [C, D] and the shared shrunk precision D * pinv((N-1) S + tr(S) I) [D, D], in float64."""
+    return gda_statistics_from_moments(class_moments(lambda: [(x, y)], num_classes, normalize=False))
 
 
-def gda_head_from_moments(moments: ClassMoments, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shared shrunk precision from the class moments, and the resulting linear head (W [C, D], b [C])."""
+def gda_statistics_from_moments(moments: ClassMoments) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same from streamed class moments (float64): the sample covariance S of the class-centred samples."""
     mus, n, d = moments.means, moments.num_samples, moments.means.shape[1]
     cov = moments.scatter / max(n - 1, 1)  # sample covariance S (the class means already removed)
     precision = d * torch.linalg.pinv((n - 1) * cov + torch.trace(cov) * torch.eye(d, dtype=cov.dtype))
+    return mus, precision
+
+
+def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear head (W [C, D], b [C]) of the Gaussians, computed in float64 and returned in x's dtype."""
+    moments = class_moments(lambda: [(x, y)], num_classes, normalize=False)
+    return gda_head_from_moments(moments, num_classes, x.dtype)
+
+
+def gda_head_from_moments(moments: ClassMoments, num_classes: int,
+                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear head (W [C, D], b [C]) from the class moments, returned in ``dtype``."""
+    mus, precision = gda_statistics_from_moments(moments)
     weight = mus @ precision
     bias = math.log(1.0 / num_classes) - 0.5 * (weight * mus).sum(dim=1)
-    return weight.float(), bias.float()
+    return weight.to(dtype), bias.to(dtype)
+
+
+def search_alpha(zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tensor, grid: list,
+                 fallback: float) -> tuple[float, float]:
+    """(alpha, val accuracy): the first grid value whose blend beats every earlier one, strict '>' from 0."""
+    alpha, best = float(fallback), 0.0
+    for a in grid:
+        acc = accuracy(zero_shot + float(a) * gda, labels)
+        if acc > best:
+            alpha, best = float(a), acc
+    return alpha, best
 
 
 @dataclass
@@ -66,6 +95,12 @@ class GDA(Method):
     text_recipe = recipes.GDA  # spaces, 7 ImageNet templates, each normalised
     aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
     no_online = "is training-free: its class statistics come from the augmented passes encoded once (--views)"
+
+    @classmethod
+    def crop_scale(cls, dataset: str) -> tuple[float, float] | None:
+        # ImageNet's loader crops with its own train_preprocess: datasets/imagenet.py RandomResizedCrop(224,
+        # scale=(0.08, 1.0), bicubic); every other dataset goes through main_few_shots.py's train_tranform
+        return (0.08, 1.0) if dataset == "imagenet" else cls.aug_scale
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or GDAParams()
@@ -84,11 +119,7 @@ class GDA(Method):
             if not params.alpha_grid:
                 raise ValueError("--set alpha_grid needs at least one value")
             f = F.normalize(ctx.val_features.float(), dim=-1)
-            zs, gda = scale * f @ text.t(), f @ weight.t() + bias
-            alpha, val_acc = float(params.fallback_alpha), 0.0
-            for a in params.alpha_grid:  # strict '>' from 0, as released: the first best wins
-                acc = accuracy(zs + float(a) * gda, ctx.val_labels)
-                if acc > val_acc:
-                    alpha, val_acc = float(a), acc
+            alpha, val_acc = search_alpha(scale * f @ text.t(), f @ weight.t() + bias, ctx.val_labels,
+                                          params.alpha_grid, params.fallback_alpha)
         meta = ctx.meta(self.name, params, alpha=alpha, val_top1=val_acc)
         return LinearClassifier(meta, scale * text + alpha * weight, alpha * bias, normalize=True)

@@ -23,7 +23,10 @@ The training features are one augmented view per image, as its single pass over 
 with scale 0.5-1 (main.py train_tranform). Not the release's behaviour: the epoch is selected on the split
 ``--search-split`` names (main.py draws K images per class from the val split: ``generate_fewshot_dataset_(
 shots, split="val")``; ``fewshot`` takes min(K, 4), ``full`` the whole split). The text weights are the
-release's ``clip_classifier`` (``text_recipe``: names with spaces, its 7 ImageNet templates, each normalised).
+release's ``clip_classifier`` (``text_recipe``: names with spaces, its 7 ImageNet templates, each normalised);
+float32 (on a GPU the release trains in its CLIP's fp16: get_one_hot's float16 one-hot only multiplies fp16
+features). parity/lpp.py runs the release's ``forward`` on fixed features (b zeroed): ``lpp_train`` matches
+it to 1e-14 in float64 (tests/parity/golden/lpp.safetensors).
 """
 
 from __future__ import annotations
@@ -70,6 +73,67 @@ def init_alpha(scores: torch.Tensor, y: torch.Tensor, num_classes: int, scale: f
 
 
 @dataclass
+class LPPResult:
+    """The kept epoch's (w, b, alpha) and what led to it."""
+
+    weight: torch.Tensor  # w [C, D]
+    bias: torch.Tensor  # b [C]
+    alpha: torch.Tensor  # alpha [C]
+    best_epoch: int
+    val_top1: float | None
+    lr_w: float
+    lr_alpha: float
+    alpha_init: float
+    loss_history: list
+
+
+def lpp_train(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, num_classes: int, params: LPPParams,
+              val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None) -> LPPResult:
+    """LP++'s full-batch training on normalised features x [N, D] and text weights t [C, D], in x's dtype.
+
+    With a val split the epoch of best val accuracy is kept (the latest of equals), else the last epoch.
+    """
+    dtype = x.dtype
+    scores = x @ text.t()  # f_i . t_c, fixed during training
+    alpha0 = init_alpha(scores, y, num_classes, params.init_scale)
+    lr_w, lr_alpha = lpp_step_sizes(x, scores)
+    weight = torch.nn.Parameter(class_sums(x, y, num_classes))  # visual prototypes (class sums, as released)
+    bias = torch.nn.Parameter(torch.zeros(num_classes, dtype=dtype))
+    alpha = torch.nn.Parameter(torch.full((num_classes,), alpha0, dtype=dtype))
+    opt = torch.optim.SGD([weight, bias], lr=lr_w, momentum=params.momentum)
+    alpha_grad_sum = torch.zeros(num_classes, dtype=dtype)
+    val_scores = val_x @ text.t() if val_x is not None else None
+
+    def state() -> tuple[torch.Tensor, ...]:
+        return weight.detach().clone(), bias.detach().clone(), alpha.detach().clone()
+
+    best = {"acc": -1.0, "epoch": -1, "state": state()}
+    history = []
+    for epoch in range(params.epochs):
+        loss = F.cross_entropy(x @ weight.t() + bias + alpha * scores, y)
+        opt.zero_grad(set_to_none=True)
+        alpha.grad = None
+        loss.backward()
+        check_finite(loss, epoch, 0)
+        opt.step()
+        alpha_grad_sum += alpha.grad
+        if (epoch + 1) % params.alpha_every == 0:
+            grad = alpha_grad_sum if params.alpha_grad == "accumulated" else alpha.grad
+            with torch.no_grad():
+                alpha -= lr_alpha * grad
+        history.append(float(loss.detach()))
+        if val_x is None:
+            best = {"acc": None, "epoch": epoch, "state": state()}
+            continue
+        with torch.no_grad():
+            acc = accuracy(val_x @ weight.t() + bias + alpha * val_scores, val_y)
+        if acc >= best["acc"]:  # '>=' as released: the latest of equally good epochs
+            best = {"acc": acc, "epoch": epoch, "state": state()}
+    w, b, a = best["state"]
+    return LPPResult(w, b, a, best["epoch"], best["acc"], lr_w, lr_alpha, alpha0, history)
+
+
+@dataclass
 class LPP(Method):
     name = "lpp"
     paper = 'Huang et al., "LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP", CVPR 2024'
@@ -89,52 +153,14 @@ class LPP(Method):
             raise ValueError(f"--set alpha_every must be at least 1, not {params.alpha_every}")
         x, y = train_matrix(ctx, params.train_views)
         check_classes(ctx, y)
-        x = F.normalize(x, dim=-1)
         text = normalized_text(ctx)  # t_c
-        c = ctx.num_classes
-        scores = x @ text.t()  # f_i . t_c, fixed during training
-        alpha0 = init_alpha(scores, y, c, params.init_scale)
-        lr_w, lr_alpha = lpp_step_sizes(x, scores)
-
-        weight = torch.nn.Parameter(class_sums(x, y, c))  # visual prototypes (class sums, as released)
-        bias = torch.nn.Parameter(torch.zeros(c))
-        alpha = torch.nn.Parameter(torch.full((c,), alpha0))
-        opt = torch.optim.SGD([weight, bias], lr=lr_w, momentum=params.momentum)
-        alpha_grad_sum = torch.zeros(c)
-
         use_val = has_val(ctx)
         if not use_val and params.epochs > 0:
             warn_no_val("LP++", "the last epoch")
         val_x = F.normalize(ctx.val_features.float(), dim=-1) if use_val else None
-        val_scores = val_x @ text.t() if use_val else None
-        best = {"acc": -1.0, "epoch": -1, "state": (weight.detach().clone(), bias.detach().clone(),
-                                                    alpha.detach().clone())}
-        history = []
-        for epoch in range(params.epochs):
-            logits = x @ weight.t() + bias + alpha * scores
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            alpha.grad = None
-            loss.backward()
-            check_finite(loss, epoch, 0)
-            opt.step()
-            alpha_grad_sum += alpha.grad
-            if (epoch + 1) % params.alpha_every == 0:
-                grad = alpha_grad_sum if params.alpha_grad == "accumulated" else alpha.grad
-                with torch.no_grad():
-                    alpha -= lr_alpha * grad
-            history.append(float(loss.detach()))
-            if use_val:
-                with torch.no_grad():
-                    acc = accuracy(val_x @ weight.t() + bias + alpha * val_scores, ctx.val_labels)
-                if acc >= best["acc"]:  # '>=' as released: the latest of equally good epochs
-                    best = {"acc": acc, "epoch": epoch, "state": (weight.detach().clone(), bias.detach().clone(),
-                                                                  alpha.detach().clone())}
-            else:
-                best = {"acc": None, "epoch": epoch, "state": (weight.detach().clone(), bias.detach().clone(),
-                                                               alpha.detach().clone())}
-        w, b, a = best["state"]
-        meta = ctx.meta(self.name, params, loss_history=history, best_epoch=best["epoch"],
-                        val_top1=best["acc"] if use_val else None, lr_w=lr_w, lr_alpha=lr_alpha, alpha_init=alpha0)
+        fit = lpp_train(F.normalize(x, dim=-1), y, text, ctx.num_classes, params, val_x,
+                        ctx.val_labels if use_val else None)
+        meta = ctx.meta(self.name, params, loss_history=fit.loss_history, best_epoch=fit.best_epoch,
+                        val_top1=fit.val_top1, lr_w=fit.lr_w, lr_alpha=fit.lr_alpha, alpha_init=fit.alpha_init)
         # The blend folds into one linear layer: f . (w_c + alpha_c t_c) + b_c.
-        return LinearClassifier(meta, w + a[:, None] * text, b, normalize=True)
+        return LinearClassifier(meta, fit.weight + fit.alpha[:, None] * text, fit.bias, normalize=True)

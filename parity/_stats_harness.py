@@ -1,0 +1,168 @@
+"""What the LP++, GDA and CLAP parity scripts share to run an official repository's code on a CPU.
+
+Each official file is executed from the snapshot as it is, except for the listed source patches: every patch
+is an exact (old, new) text replacement that must match once, and its reason is written into the golden's
+meta. Observation never edits code: ``watch`` reads a running function's locals at a given line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import fixture
+
+import torch
+
+# Patches that hold for every script here; each module adds its own.
+CPU_PATCH = "torch.Tensor.cuda and nn.Module.cuda return their object unchanged (the release calls .cuda())"
+FP64_DEFAULT = "the float64 run sets torch's default dtype to float64 (torch.ones/eye in the release follow it)"
+
+
+def checkout(repo: Path) -> Path:
+    """A working tree of ``repo``: itself, or a fresh clone of a bare snapshot (fetch's mirrors are bare)."""
+    repo = Path(repo)
+    if (repo / "README.md").exists():
+        return repo
+    target = Path(tempfile.mkdtemp(prefix="parity-official-"))
+    atexit.register(shutil.rmtree, target, True)
+    subprocess.run(["git", "clone", "-q", str(repo), str(target / "repo")], check=True)
+    return target / "repo"
+
+
+def commit_of(repo: Path) -> str:
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def on_path(root: Path, packages: tuple[str, ...]) -> None:
+    """Put ``root`` first on sys.path and forget earlier imports of ``packages`` (e.g. an installed ``clip``)."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in packages:
+            del sys.modules[name]
+    sys.path.insert(0, str(root))
+
+
+def package(name: str, folder: Path) -> types.ModuleType:
+    """An empty package object for ``folder``: its modules import without running its ``__init__.py``."""
+    module = types.ModuleType(name)
+    module.__path__ = [str(folder)]
+    sys.modules[name] = module
+    return module
+
+
+def load(name: str, path: Path, patches: list[tuple[str, str, str]] = ()) -> types.ModuleType:
+    """Execute ``path`` as module ``name`` after the exact (old, new, why) text replacements in ``patches``."""
+    source = Path(path).read_text()
+    for old, new, why in patches:
+        if source.count(old) != 1:
+            raise RuntimeError(f"{path}: patch ({why}) expects one {old!r}, found {source.count(old)}")
+        source = source.replace(old, new)
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=str(path))
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = str(path)
+    if "." in name:
+        module.__package__ = name.rsplit(".", 1)[0]
+    sys.modules[name] = module
+    exec(compile(source, str(path), "exec"), module.__dict__)
+    return module
+
+
+@contextlib.contextmanager
+def cpu_only() -> Iterator[None]:
+    """``.cuda()`` on tensors and modules is a no-op while inside (CPU_PATCH)."""
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.nn.Module.cuda = saved
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def line_of(function: Callable, text: str) -> int:
+    """The absolute line number of the one line of ``function`` whose stripped text is ``text``."""
+    code = function.__code__
+    lines = Path(code.co_filename).read_text().splitlines()
+    hits = [i + 1 for i, line in enumerate(lines) if line.strip() == text and i + 1 >= code.co_firstlineno]
+    if not hits:
+        raise RuntimeError(f"{code.co_filename}: no line {text!r} in {code.co_name}")
+    return hits[0]
+
+
+@contextlib.contextmanager
+def watch(function: Callable, callbacks: dict[int, Callable[[dict], None]]) -> Iterator[None]:
+    """Call ``callbacks[line](locals)`` each time ``function`` is about to run ``line`` (observation only)."""
+    code = function.__code__
+
+    def local(frame, event, arg):
+        if event == "line" and frame.f_lineno in callbacks:
+            callbacks[frame.f_lineno](frame.f_locals)
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is code else None
+
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
+
+
+@contextlib.contextmanager
+def capture_return(function: Callable, into: dict) -> Iterator[None]:
+    """Copy ``function``'s locals into ``into`` when it returns (observation only)."""
+    code = function.__code__
+
+    def profiler(frame, event, arg):
+        if event == "return" and frame.f_code is code:
+            into.update(frame.f_locals)
+
+    sys.setprofile(profiler)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+
+
+OVERLAP_SEED, OVERLAP_NOISE = 1919 + 19, 2.0
+
+
+def overlapping_features() -> dict[str, torch.Tensor]:
+    """The fixture's features with the classes made to overlap, so accuracies fall between 60 and 80 %.
+
+    ``fixture.features`` separates its five classes perfectly: every epoch ties at 100 % on val, so a best-
+    epoch rule or a search could never pick anything but its tie-break. Each image moves by a seeded offset of
+    OVERLAP_NOISE times its norm (the same offset for all its views). float64; the goldens save the result.
+    """
+    feats = fixture.features(torch.float64)
+    g = torch.Generator().manual_seed(OVERLAP_SEED)
+
+    def offset(x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape[-2], x.shape[-1], generator=g, dtype=torch.float64) / x.shape[-1] ** 0.5
+        return OVERLAP_NOISE * x.norm(dim=-1, keepdim=True) * noise
+
+    out = dict(feats)
+    out["train_views"] = feats["train_views"] + offset(feats["train_views"][0])
+    for split in ("val", "test"):
+        out[split] = feats[split] + offset(feats[split])
+    return out
