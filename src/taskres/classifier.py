@@ -152,10 +152,9 @@ def load_classifier(path: str | Path) -> Classifier:
     meta = json.loads(raw)
     kind = meta.get("kind")
     if kind not in CLASSIFIERS:
-        from .methods import METHODS  # the built-in kinds, and the plugins' (their modules define theirs)
-        from .plugins import missing_plugin_hint
+        from .plugins import load_method_modules, missing_plugin_hint
 
-        len(METHODS)  # loads the installed plugins
+        load_method_modules()  # the built-in kinds, and the plugins' (their modules define theirs)
         if kind not in CLASSIFIERS:
             raise ClassifierError(f"{path}: unknown classifier kind {kind!r} (known: {', '.join(CLASSIFIERS)})"
                                   + missing_plugin_hint((meta.get("extra") or {}).get("method_source")))

@@ -132,6 +132,14 @@ def _packages(sources: list[PluginSource]) -> str:
     return " and ".join(f"package {s.requirement()} ({s.entry_point})" for s in sources)
 
 
+def load_method_modules() -> None:
+    """Import every method module, built-in and plugin: each classifier kind registers itself when its module
+    defines it (so taskres.classifier can load any kind without importing taskres.methods itself)."""
+    from importlib import import_module
+
+    len(import_module("taskres.methods").METHODS)  # the first look at the table loads the installed plugins
+
+
 def missing_plugin_hint(source: dict | None) -> str:
     """What to install for a run made with a plugin that this environment lacks ('' when nothing is known)."""
     if not source or not source.get("package"):
