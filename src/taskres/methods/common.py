@@ -23,6 +23,12 @@ log = logging.getLogger("taskres")
 TRAIN_VIEWS = ("all", "mean", "one")
 
 
+def working_float(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half, bfloat16 or float32 inputs; float64 stays float64 (the parity checks run the methods in
+    float64 against their authors' code, where float32 round-off would hide a real difference)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def train_matrix(ctx: FitContext, views: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """The training images as one matrix, for methods fitted in closed form or full batch.
 
@@ -37,8 +43,8 @@ def train_matrix(ctx: FitContext, views: str = "mean") -> tuple[torch.Tensor, to
     labels = source.labels.cpu()
     cached = getattr(source, "views", None)
     if cached is None or views == "one":
-        return ctx.all_train_features(0).float().cpu(), labels
-    cached = cached.float().cpu()
+        return working_float(ctx.all_train_features(0)).cpu(), labels
+    cached = working_float(cached).cpu()
     if views == "mean":
         return cached.mean(dim=0), labels
     v, n, d = cached.shape
@@ -63,7 +69,7 @@ def normalized_text(ctx: FitContext) -> torch.Tensor:
     t is the template mean of unnormalised embeddings (the project's base). Tip-Adapter, LP++ and GDA's code
     normalise each template's embedding before averaging; with one template (all but ImageNet) both agree.
     """
-    return F.normalize(ctx.text_classifier.float(), dim=-1)
+    return F.normalize(working_float(ctx.text_classifier), dim=-1)
 
 
 def zero_shot_logits(features_normed: torch.Tensor, text_normed: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -131,12 +137,12 @@ def run_epochs(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
                source, schedule: Schedule | StepCosine, optimizer: torch.optim.Optimizer, *, batch_size: int,
                seed: int, progress: bool = True, desc: str = "training",
                on_epoch_end: Callable[[int], None] | None = None,
-               device: torch.device | None = None) -> list[float]:
+               device: torch.device | None = None, keep_partial: bool = False) -> list[float]:
     """Mini-batch training with any optimiser; the batches are those of the shared ``train_loop``.
 
     ``schedule`` is the reference per-epoch warm-up + cosine (``Schedule``) or a per-step cosine
-    (``StepCosine``). Batches are moved to ``device`` (default: the first parameter's). Returns the mean
-    loss of each epoch.
+    (``StepCosine``). Batches are moved to ``device`` (default: the first parameter's); ``keep_partial``
+    keeps the last short batch (``epoch_batches``). Returns the mean loss of each epoch.
     """
     from tqdm.auto import tqdm
 
@@ -151,12 +157,12 @@ def run_epochs(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr_at(epoch)
         total, steps = 0.0, 0
-        for step, idx in enumerate(epoch_batches(source.num_samples, batch_size, gen)):
+        for step, idx in enumerate(epoch_batches(source.num_samples, batch_size, gen, keep_partial)):
             if isinstance(schedule, StepCosine):
                 for group in optimizer.param_groups:
                     group["lr"] = schedule.lr_at_step(global_step)
             feats, labels = source.features(idx, epoch).to(device), source.labels[idx].to(device)
-            loss = loss_fn(feats.float(), labels)
+            loss = loss_fn(working_float(feats), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             check_finite(loss, epoch, step)
