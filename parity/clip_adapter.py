@@ -32,7 +32,9 @@ EPOCHS = 4  # a few (CoOp's rn50_ep50: 50); the first is the constant warm-up ep
 # build_data_loader drops the short third one (drop_last = is_train and len(data_source) >= batch_size).
 BATCH = 8
 SEED = 1
-TOLERANCE = {"float64": {"atol": 1e-10, "rtol": 1e-10}, "float32": {"atol": 2e-4, "rtol": 2e-4}}
+# fp32: taskres equals the release bit for bit here; 1e-5 leaves room for another CPU's summation order and
+# still fails a 1 % lr, a ratio of 0.202 or a tenfold weight decay
+TOLERANCE = {"float64": {"atol": 1e-10, "rtol": 1e-10}, "float32": {"atol": 1e-5, "rtol": 1e-5}}
 PATCHES = [
     "the trainer is the release's CLIP_Adapter built without Dassl's DataManager: TrainerBase.__init__, then cfg "
     "(Dassl's defaults + CoOp's rn50_ep50.yaml, MAX_EPOCH 4, batch 8, DATASET.NAME UCF101), then its own "

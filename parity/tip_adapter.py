@@ -32,7 +32,9 @@ EPOCHS = 4  # Tip-Adapter-F epochs (the release: 20); a few suffice to pin the o
 # the last one partial (4 images), which the release keeps (drop_last=False): issue 19's fix 2 shows here.
 BATCH = 8
 SEED = 1
-TOLERANCE = {"float64": {"atol": 1e-10, "rtol": 1e-10}, "float32": {"atol": 2e-4, "rtol": 2e-4}}
+# fp32: the measured gap is 1.1e-5 (logits; 0.2 of what this allows); the bound still fails a 1 % lr
+# (38x over), AdamW's eps at 1e-8 (26x) or its weight decay at 0 (4x)
+TOLERANCE = {"float64": {"atol": 1e-10, "rtol": 1e-10}, "float32": {"atol": 3e-5, "rtol": 1e-5}}
 PATCHES = [
     "the image encoder is the identity on the fixture's cached features: clip_model.encode_image returns its "
     "input, and the loaders yield features (train_loader_cache: pass k shows view k of each image, in index "
@@ -63,6 +65,15 @@ DEVIATIONS = [
      "main_imagenet.py searches ImageNet's test set", "intended, as above; the golden runs both on the same val"),
     ("the release trains Tip-Adapter-F in fp16 on a GPU (clip.load's dtype; hence AdamW eps=1e-4); taskres in "
      "fp32", "precision only; not measured here"),
+    ("Tip-Adapter-F's figure: the release prints max(best epoch's test accuracy at the initial alpha/beta, the "
+     "searched classifier's test accuracy) (main.py run_tip_adapter_F); taskres reports the classifier it returns",
+     "intended (a choice made on test): the release's figure is never below the classifier it keeps"),
+    ("Tip-Adapter-F trains on the cached views (each image one of V views an epoch); the release re-encodes a "
+     "fresh crop of every image each epoch", "the cached-views regime, measured project-wide; in the golden both "
+     "sides see view e % V in epoch e"),
+    ("the release's search_hp and epoch choice start from accuracy 0 with a strict '>': if every candidate scores "
+     "0 it returns beta = alpha = 0 (and run_tip_adapter_F loads a file it never saved); taskres starts from -1 and "
+     "keeps the first candidate", "only when nothing in val is classified right; not reached on the fixture"),
 ]
 
 
@@ -185,6 +196,7 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
 
     g = fixture.for_dtype(golden, dtype)
     source = EpochViews(g["train_views"], g["train_labels"])
+    # logit_scale log(100): the release's constant 100 (DEVIATIONS: the backbone's own is 100.03 for OpenAI's weights)
     ctx = FitContext(task_name=meta["config"], classnames=list(meta["classnames"]), templates=["{}"],
                      text_classifier=g["clip_weights"], logit_scale=math.log(100.0), train=source,
                      shots=fixture.SHOTS, seed=meta["seed"], backbone_identity={}, val_features=g["val"],
