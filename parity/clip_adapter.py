@@ -174,7 +174,8 @@ def generate(repo: Path, dassl: Path, coop: Path) -> None:
     tensors["batch_order"] = epoch_permutations(tensors["float64/train_views"].shape[1], EPOCHS, SEED)
     official = {**OFFICIAL, "commit": official_commit(repo),
                 "dassl": {"repo": "KaiyangZhou/Dassl.pytorch", "commit": official_commit(dassl),
-                          "files": ["dassl/engine/trainer.py", "dassl/optim/optimizer.py", "dassl/optim/lr_scheduler.py"]},
+                          "files": ["dassl/engine/trainer.py", "dassl/optim/optimizer.py",
+                                    "dassl/optim/lr_scheduler.py"]},
                 "coop": {"repo": "KaiyangZhou/CoOp", "commit": official_commit(coop), "files": [COOP_CONFIG, "clip/"]}}
     meta = {"official": official, "what": OFFICIAL["what"], "outputs": OUTPUTS, "tolerance": TOLERANCE,
             "patches": PATCHES, "epochs": EPOCHS, "batch_size": BATCH, "seed": SEED, "ratio": 0.2, "reduction": 4,
