@@ -22,7 +22,8 @@ from . import fixture
 from ._adapters import (EpochViews, FeatureLoader, cuda_is_cpu, epoch_permutations, import_file, official_commit,
                         stub_modules, use_release_package)
 
-OFFICIAL = {"repo": "gaopengcuhk/Tip-Adapter", "files": ["main.py", "utils.py", "configs/ucf101.yaml"],
+OFFICIAL = {"repo": "gaopengcuhk/Tip-Adapter",
+            "files": ["main.py", "utils.py", "configs/ucf101.yaml", "datasets/ucf101.py", "datasets/utils.py"],
             "what": "text classifier in, cache keys/values, training-free logits, the beta/alpha search, "
                     "Tip-Adapter-F's keys after a few AdamW epochs (partial last batch kept), its search and logits"}
 NAME = "tip_adapter"
