@@ -170,7 +170,10 @@ def _run_release(repo: Path, dassl: Path, coop: Path, dtype: torch.dtype) -> dic
 OUTPUTS = ["fc1", "fc2", "epoch_lr", "loss_history", "test_logits", "steps_per_epoch"]
 
 
-def generate(repo: Path, dassl: Path, coop: Path) -> None:
+def generate(repo: Path, dassl: Path | None = None, coop: Path | None = None) -> None:
+    if dassl is None or coop is None:
+        raise ValueError("parity.clip_adapter needs snapshots of KaiyangZhou/Dassl.pytorch (--dassl) and "
+                         "KaiyangZhou/CoOp (--coop) besides CLIP-Adapter's (--repo)")
     repo, dassl, coop = (Path(p).resolve() for p in (repo, dassl, coop))
     tensors = {}
     for name, dtype in fixture.DTYPES.items():
