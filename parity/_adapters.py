@@ -132,3 +132,7 @@ class EpochViews:
 
     def features(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         return self.views[epoch % self.views.shape[0], idx]
+
+    def view_rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of one view, in the views' dtype (what taskres's one-pass methods read)."""
+        return self.views[view, idx]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import ClassifierMeta, CosineClassifier, logit_scale_exp
+from . import text_recipe as recipes
 from .base import FitContext, Method, TrainingError
 from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
 from .text_encoder import TextTower
@@ -127,8 +128,10 @@ def prompt_features(tower: TextTower, learner: PromptLearner, prefix_only: bool 
 @dataclass
 class CoOp(Method):
     name = "coop"
+    paper = 'Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022'
     Params = CoOpParams
     description = "CoOp: 16 learned context vectors through the frozen text encoder (SGD, cosine)"
+    text_recipe = recipes.COOP  # prompts the names with spaces
 
     def resolved_params(self, ctx: FitContext) -> CoOpParams:
         params = self.params or CoOpParams()
@@ -143,7 +146,7 @@ class CoOp(Method):
         if ctx.backbone is None:
             raise TrainingError("CoOp learns through the text encoder, but no backbone was given")
         tower = TextTower(ctx.backbone)
-        learner = PromptLearner(tower, ctx.classnames, params, ctx.seed)
+        learner = PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
         scale = logit_scale_exp(ctx.logit_scale)
         device = tower.device
 
@@ -171,7 +174,7 @@ class CoOp(Method):
             raise TrainingError("CoOp builds prompts through the text encoder, but no backbone was given")
         params = self.resolved_params(ctx)
         tower = TextTower(ctx.backbone)
-        learner = PromptLearner(tower, ctx.classnames, params, ctx.seed)
+        learner = PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
         if learner.ctx.shape != classifier.context.shape:
             raise TrainingError(f"CoOp: the classifier has {classifier.context.shape[0]} context vectors, the "
                                 f"settings give {learner.n_ctx}")
