@@ -84,3 +84,14 @@ def test_save_golden_refuses_an_output_missing_for_a_dtype(tmp_path, monkeypatch
     monkeypatch.setattr(fixture, "GOLDEN_DIR", tmp_path)
     with pytest.raises(ValueError, match="float32"):
         fixture.save_golden("demo", {"float64/y": torch.ones(1, dtype=torch.float64), "pred": torch.ones(1)}, _meta())
+
+
+def test_feature_pool_draws_around_the_same_class_directions():
+    pool, labels = fixture.feature_pool(8, 0.5, seed=3)
+    again, _ = fixture.feature_pool(8, 0.5, seed=3)
+    assert torch.equal(pool, again) and pool.shape == (8 * len(fixture.CLASSNAMES), fixture.EMBED_DIM)
+    cos = torch.nn.functional.normalize(pool, dim=-1) @ fixture.class_centres().t()
+    assert (cos.argmax(1) == labels).all()  # little noise: each point nearest its own class direction
+    feats = fixture.features()
+    own = torch.nn.functional.normalize(feats["test"], dim=-1) @ fixture.class_centres().t()
+    assert (own.argmax(1) == feats["test_labels"]).float().mean() > 0.9  # features() shares the directions
