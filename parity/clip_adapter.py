@@ -186,7 +186,8 @@ def generate(repo: Path, dassl: Path | None = None, coop: Path | None = None) ->
                           "files": ["dassl/engine/trainer.py", "dassl/optim/optimizer.py",
                                     "dassl/optim/lr_scheduler.py"]},
                 "coop": {"repo": "KaiyangZhou/CoOp", "commit": official_commit(coop), "files": [COOP_CONFIG, "clip/"]}}
-    meta = {"official": official, "what": OFFICIAL["what"], "outputs": OUTPUTS, "tolerance": TOLERANCE,
+    meta = {"official": official, "what": OFFICIAL["what"], "methods": ["CLIP-Adapter"], "outputs": OUTPUTS,
+            "tolerance": TOLERANCE,
             "patches": PATCHES, "epochs": EPOCHS, "batch_size": BATCH, "seed": SEED, "ratio": 0.2, "reduction": 4,
             "lr": 0.002, "classnames": fixture.CLASSNAMES}
     print(fixture.save_golden(NAME, tensors, meta))

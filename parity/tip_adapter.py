@@ -196,7 +196,8 @@ def generate(repo: Path) -> None:
         tensors.update({f"{name}/{k}": v for k, v in fixture.features(dtype).items()})
     tensors["batch_order"] = epoch_permutations(tensors["float64/train_views"].shape[1], EPOCHS, SEED)
     meta = {"official": {**OFFICIAL, "commit": official_commit(repo)}, "what": OFFICIAL["what"],
-            "outputs": OUTPUTS, "tolerance": TOLERANCE, "patches": PATCHES, "config": CONFIG, "epochs": EPOCHS,
+            "methods": ["Tip-Adapter", "Tip-Adapter-F"], "outputs": OUTPUTS, "tolerance": TOLERANCE,
+            "patches": PATCHES, "config": CONFIG, "epochs": EPOCHS,
             "batch_size": BATCH, "lr": LR, "seed": SEED, "classnames": fixture.CLASSNAMES}
     print(fixture.save_golden(NAME, tensors, meta))
 
