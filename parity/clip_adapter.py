@@ -57,9 +57,9 @@ DEVIATIONS = [
      "Dassl's bit for bit"),
     ("the paper tunes the residual ratio per dataset; the release hard-codes 0.2, which taskres uses everywhere",
      "the per-dataset values are not in the release (Adapter.pdf is absent from the snapshot)"),
-    ("CLIP-Adapter's initial adapter is drawn from a generator seeded by the run's seed; the release draws it "
-     "from the global RNG that Dassl seeds", "a different random start for the same seed; recompute starts from "
-     "the release's draw, and then every epoch matches"),
+    ("CLIP-Adapter's initial adapter and batch order come from generators seeded by the run's seed; the release "
+     "draws both from the global RNG that Dassl seeds", "a different random start and shuffle for the same seed; "
+     "recompute starts from the release's draw on the same batches, and then every epoch matches bit for bit"),
 ]
 
 

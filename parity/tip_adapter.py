@@ -79,6 +79,9 @@ DEVIATIONS = [
     ("Tip-Adapter-F trains on the cached views (each image one of V views an epoch); the release re-encodes a "
      "fresh crop of every image each epoch", "the cached-views regime, measured project-wide; in the golden both "
      "sides see view e % V in epoch e"),
+    ("the release draws its shots with random.seed(1) in every run (main.py; its datasets/utils.py "
+     "generate_fewshot_dataset is Dassl's, with repeat=True): one seed; taskres runs CoOp's seeds 1, 2, 3",
+     "intended (the protocol's seeds); repeat=True differs only for a class with fewer images than shots"),
     ("the release's search_hp and epoch choice start from accuracy 0 with a strict '>': if every candidate scores "
      "0 it returns beta = alpha = 0 (and run_tip_adapter_F loads a file it never saved); taskres starts from -1 and "
      "keeps the first candidate", "only when nothing in val is classified right; not reached on the fixture"),
