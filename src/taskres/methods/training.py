@@ -26,7 +26,8 @@ class Schedule:
         return 0.5 * self.lr * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, keep_partial: bool = False) -> list[torch.Tensor]:
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  keep_partial: bool = False) -> list[torch.Tensor]:
     """A random permutation cut into batches.
 
     The last short batch is dropped only when n >= batch size (Dassl's ``drop_last=is_train and
