@@ -68,6 +68,39 @@ def test_tip_adapter_grid_is_the_release_formula():
         assert np.allclose(linspace_grid(top, steps), expected, rtol=0, atol=1e-12)
 
 
+def _tip_f_steps(num_images: int, epochs: int, monkeypatch) -> tuple[list[float], dict]:
+    """Fit Tip-Adapter-F on num_images random features; the lr of every AdamW step it takes, and its meta."""
+    lrs = []
+    step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(num_images) % 2
+    views = CachedViews(torch.randn(1, num_images, 8, generator=g, dtype=torch.float64).float(), labels)
+    ctx = FitContext(task_name="dtd", classnames=["a", "b"], templates=["{}"], text_classifier=torch.eye(2, 8),
+                     logit_scale=float(np.log(100.0)), train=views, shots=num_images // 2, seed=1,
+                     backbone_identity={}, progress=False)
+    clf = get_method("tip_adapter_f", {"epochs": epochs}).fit(ctx)
+    return lrs, clf.meta.extra
+
+
+@pytest.mark.parametrize("num_images, batches", [(300, 2), (511, 2), (512, 2), (200, 1)])
+def test_tip_adapter_f_keeps_the_last_partial_batch_as_the_release(num_images, batches, monkeypatch):
+    # Issue 19, fix 2: main.py's train_loader_F is built with drop_last=False (datasets/utils.py
+    # build_data_loader) and CosineAnnealingLR(optimizer, train_epoch * len(train_loader_F)): 300 images at
+    # batch 256 are 2 steps an epoch, and the cosine reaches 0 only after the last of them.
+    epochs = 3
+    lrs, extra = _tip_f_steps(num_images, epochs, monkeypatch)
+    assert len(lrs) == epochs * batches
+    total = epochs * batches
+    assert lrs == pytest.approx([0.5 * 1e-3 * (1 + np.cos(np.pi * k / total)) for k in range(total)], rel=1e-12)
+    assert extra["steps_per_epoch"] == batches
+
+
 # -- CLIP-Adapter: clip_adapter.py ratio 0.2; CoOp's schedule (its README: train with CoOp's commands) ----
 @pytest.mark.parametrize("dataset, shots, epochs", [
     ("imagenet", 16, 50), ("dtd", 1, 50), ("eurosat", 4, 100), ("oxford_flowers", 16, 200)])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..classifier import Classifier, ClassifierMeta, cosine_logits
 from . import text_recipe as recipes
 from .base import FitContext, Method
-from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
+from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd, working_float
 from .coop import coop_epochs
 from .training import Schedule
 
@@ -71,15 +71,16 @@ class AdapterClassifier(Classifier):
     def __init__(self, meta: ClassifierMeta, fc1: torch.Tensor, fc2: torch.Tensor, text: torch.Tensor,
                  ratio: float, logit_scale: float):
         super().__init__(meta)
-        self.register_buffer("fc1", fc1.detach().float().cpu().clone())
-        self.register_buffer("fc2", fc2.detach().float().cpu().clone())
-        self.register_buffer("text", text.detach().float().cpu().clone())
+        # float32, or float64 when trained in float64 (the parity checks)
+        self.register_buffer("fc1", working_float(fc1.detach()).cpu().clone())
+        self.register_buffer("fc2", working_float(fc2.detach()).cpu().clone())
+        self.register_buffer("text", working_float(text.detach()).cpu().clone())
         self.ratio = float(ratio)
         self.logit_scale = float(logit_scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(adapter_features(features.float(), self.fc1, self.fc2, self.ratio), self.text,
-                             self.logit_scale)
+        adapted = adapter_features(working_float(features).to(self.fc1.dtype), self.fc1, self.fc2, self.ratio)
+        return cosine_logits(adapted, self.text, self.logit_scale)
 
     def tensors(self):
         return {"fc1": self.fc1, "fc2": self.fc2, "text": self.text}
@@ -122,9 +123,9 @@ class ClipAdapter(Method):
         dim = ctx.text_classifier.shape[1]
         hidden = max(1, dim // params.reduction)
         gen = seeded_generator(ctx.seed, 31)
-        fc1 = torch.nn.Parameter(init_linear(hidden, dim, gen))
-        fc2 = torch.nn.Parameter(init_linear(dim, hidden, gen))
-        text = ctx.text_classifier.float()
+        text = working_float(ctx.text_classifier)
+        fc1 = torch.nn.Parameter(init_linear(hidden, dim, gen).to(text.dtype))
+        fc2 = torch.nn.Parameter(init_linear(dim, hidden, gen).to(text.dtype))
 
         def loss_fn(feats, labels):
             adapted = adapter_features(feats, fc1, fc2, params.ratio)

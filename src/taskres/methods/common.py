@@ -24,6 +24,12 @@ TRAIN_VIEWS = ("all", "mean", "one")
 ROW_CHUNK = 8192  # training rows read at a time where a method streams its samples (memory-mapped views)
 
 
+def working_float(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half, bfloat16 or float32 inputs; float64 stays float64 (the parity checks run the methods in
+    float64 against their authors' code, where float32 round-off would hide a real difference)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def train_matrix(ctx: FitContext, views: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """The training images as one matrix, for methods fitted in closed form or full batch.
 
@@ -32,18 +38,18 @@ def train_matrix(ctx: FitContext, views: str = "mean") -> tuple[torch.Tensor, to
     shows in epoch 0. In-memory and memory-mapped views give the same matrix: the mean is accumulated view by
     view, in chunks of rows, the same way for both. ``all`` from memory-mapped views would hold every view in
     memory at once, which ``--memory-map`` exists to avoid: refused there (methods that use every view,
-    GDA and CLAP, stream them with :class:`TrainSamples`). CPU float32 tensors.
+    GDA and CLAP, stream them with :class:`TrainSamples`). CPU float32 tensors (float64 for float64 views).
     """
     check_train_views(views)
     source = cached_source(ctx)
     labels = source.labels.cpu()
     if views == "one":
-        return ctx.all_train_features(0).float().cpu(), labels
+        return working_float(ctx.all_train_features(0)).cpu(), labels
     if views == "mean":
         return view_mean(source), labels
     v, n = source.num_views, source.num_samples
     if getattr(source, "views", None) is not None:  # in memory already: a view of it, no copy
-        return source.views.float().cpu().reshape(v * n, source.dim), labels.repeat(v)
+        return working_float(source.views).cpu().reshape(v * n, source.dim), labels.repeat(v)
     if v > 1:
         raise TrainingError("--set train_views=all with --memory-map: this method holds every cached view in "
                             f"memory at once ({v} x {n} rows); use train_views=mean or one, or drop --memory-map")
@@ -72,12 +78,15 @@ def row_chunks(n: int, size: int | None = None):
 
 def view_mean(source) -> torch.Tensor:
     """The mean of each image's cached views [N, D], accumulated in float64 view by view, chunk by chunk
-    (memory holds the mean and one chunk, never the V views)."""
+    (memory holds the mean and one chunk, never the V views); float32, or float64 for float64 views."""
     n, total = source.num_samples, torch.zeros(source.num_samples, source.dim, dtype=torch.float64)
+    dtype = torch.float32
     for v in range(source.num_views):
         for idx in row_chunks(n):
-            total[idx] += source.view_rows(v, idx).double()
-    return (total / source.num_views).float()
+            rows = source.view_rows(v, idx)
+            dtype = torch.float64 if rows.dtype == torch.float64 else dtype
+            total[idx] += rows.double()
+    return (total / source.num_views).to(dtype)
 
 
 class TrainSamples:
@@ -171,7 +180,7 @@ def normalized_text(ctx: FitContext) -> torch.Tensor:
     t is built by the method's text recipe (methods/text_recipe.py): Tip-Adapter, LP++ and GDA's recipe already
     normalises each template's embedding and the mean, so this is then t itself.
     """
-    return F.normalize(ctx.text_classifier.float(), dim=-1)
+    return F.normalize(working_float(ctx.text_classifier), dim=-1)
 
 
 def zero_shot_logits(features_normed: torch.Tensor, text_normed: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -239,12 +248,12 @@ def run_epochs(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
                source, schedule: Schedule | StepCosine, optimizer: torch.optim.Optimizer, *, batch_size: int,
                seed: int, progress: bool = True, desc: str = "training",
                on_epoch_end: Callable[[int], None] | None = None,
-               device: torch.device | None = None) -> list[float]:
+               device: torch.device | None = None, keep_partial: bool = False) -> list[float]:
     """Mini-batch training with any optimiser; the batches are those of the shared ``train_loop``.
 
     ``schedule`` is the reference per-epoch warm-up + cosine (``Schedule``) or a per-step cosine
-    (``StepCosine``). Batches are moved to ``device`` (default: the first parameter's). Returns the mean
-    loss of each epoch.
+    (``StepCosine``). Batches are moved to ``device`` (default: the first parameter's); ``keep_partial``
+    keeps the last short batch (``epoch_batches``). Returns the mean loss of each epoch.
     """
     from tqdm.auto import tqdm
 
@@ -259,12 +268,12 @@ def run_epochs(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr_at(epoch)
         total, steps = 0.0, 0
-        for step, idx in enumerate(epoch_batches(source.num_samples, batch_size, gen)):
+        for step, idx in enumerate(epoch_batches(source.num_samples, batch_size, gen, keep_partial)):
             if isinstance(schedule, StepCosine):
                 for group in optimizer.param_groups:
                     group["lr"] = schedule.lr_at_step(global_step)
             feats, labels = source.features(idx, epoch).to(device), source.labels[idx].to(device)
-            loss = loss_fn(feats.float(), labels)
+            loss = loss_fn(working_float(feats), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             check_finite(loss, epoch, step)

@@ -8,15 +8,18 @@ For a normalised image feature f:
     A = f @ K^T                                   (cosine affinities)
     logits = s * f @ normalize(t)^T + alpha * exp(-beta * (1 - A)) @ V
 
-with s = exp(logit_scale) (100 for CLIP; the reference writes 100). As the release (gaopengcuhk/Tip-Adapter):
+with s = exp(logit_scale): the release writes 100, OpenAI's weights give exp(4.6055) = 100.03 (kept on purpose:
+the backbone's own temperature; its effect is measured in parity/tip_adapter.py). As the release
+(gaopengcuhk/Tip-Adapter):
 - per-dataset settings (``TIP_ADAPTER_CONFIGS``, from its configs/<dataset>.yaml): the search ranges
   ``search_scale`` [beta, alpha], the initial alpha/beta and Tip-Adapter-F's epochs (100 on EuroSAT, else 20);
   a dataset without a config file (a folder, a demo task) gets imagenet.yaml's values;
 - the search (utils.py search_hp): beta_i = 0.1 + i (B - 0.1) / 200, alpha_j = 0.1 + j (A - 0.1) / 20, every
   pair, the first best (strict '>') wins;
 - views: RandomResizedCrop scale 0.5-1, bicubic, flip (main.py train_tranform; datasets/imagenet.py);
-- Tip-Adapter-F: AdamW(lr 0.001, eps 1e-4), per-step cosine over 20 epochs, batch 256, alpha/beta fixed at
-  their initial values while the keys train, then searched again.
+- Tip-Adapter-F: AdamW(lr 0.001, eps 1e-4), batch 256 with the last short batch kept (its loader's
+  drop_last=False), a per-step cosine over epochs x batches, alpha/beta fixed at their initial values while the
+  keys train, then searched again.
 Not the release's behaviour: the search runs on the split ``--search-split`` names (min(K, 4) per class by
 default; ``full`` is the val split the release searches for 10 datasets; its ImageNet script searches the test
 set, which this project never does); Tip-Adapter-F keeps the epoch with the best *validation* accuracy (the
@@ -35,7 +38,7 @@ from ..classifier import Classifier, ClassifierMeta
 from . import text_recipe as recipes
 from .base import FitContext, Method
 from .common import (StepCosine, accuracy, check_classes, check_epochs, has_val, linspace_grid, normalized_text,
-                     require_positive, run_epochs, train_matrix, warn_no_val, zero_shot_logits)
+                     require_positive, run_epochs, train_matrix, warn_no_val, working_float, zero_shot_logits)
 from .training import epoch_batches
 
 
@@ -112,7 +115,8 @@ def cache_logits(features_normed: torch.Tensor, keys: torch.Tensor, values: torc
 class CacheClassifier(Classifier):
     """Tip-Adapter's head: zero-shot logits plus alpha times the cache model's logits.
 
-    ``text`` is the zero-shot classifier already normalised (stored as given, so loading is exact).
+    ``text`` is the zero-shot classifier already normalised (stored as given, so loading is exact). The
+    tensors are kept in float32, or float64 when given in float64 (the parity checks).
     """
 
     kind = "tip_adapter"
@@ -120,17 +124,17 @@ class CacheClassifier(Classifier):
     def __init__(self, meta: ClassifierMeta, text: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
                  alpha: float, beta: float, logit_scale: float):
         super().__init__(meta)
-        self.register_buffer("text", text.detach().float().cpu().clone())
-        self.register_buffer("keys", keys.detach().float().cpu().clone())
+        self.register_buffer("text", working_float(text.detach()).cpu().clone())
+        self.register_buffer("keys", working_float(keys.detach()).cpu().clone())
         # V is one-hot: the file keeps the labels (the one-hot matrix would be N x C floats).
         self.register_buffer("labels", labels.detach().long().cpu().clone())
-        self.register_buffer("values", F.one_hot(self.labels, text.shape[0]).float())
+        self.register_buffer("values", F.one_hot(self.labels, text.shape[0]).to(self.keys.dtype))
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.logit_scale = float(logit_scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(features.float(), dim=-1)
+        f = F.normalize(working_float(features).to(self.keys.dtype), dim=-1)
         logits = zero_shot_logits(f, self.text, self.logit_scale)
         if self.alpha != 0:
             logits = logits + self.alpha * cache_logits(f, self.keys, self.values, self.beta)
@@ -154,7 +158,7 @@ def build_cache(ctx: FitContext, keys: str) -> tuple[torch.Tensor, torch.Tensor,
         raise ValueError(f"--set keys must be 'mean' or 'one', not {keys!r}")
     feats, labels = train_matrix(ctx, keys)
     check_classes(ctx, labels)
-    return F.normalize(feats, dim=-1), F.one_hot(labels, ctx.num_classes).float(), labels
+    return F.normalize(feats, dim=-1), F.one_hot(labels, ctx.num_classes).to(feats.dtype), labels
 
 
 def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torch.Tensor, text_normed: torch.Tensor,
@@ -171,9 +175,10 @@ def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torc
         raise ValueError("--set search_scale and search_step take two values each: BETA,ALPHA")
     betas = [float(fixed_beta)] if fixed_beta is not None else linspace_grid(params.search_scale[0],
                                                                              params.search_step[0])
-    alphas = torch.tensor([float(fixed_alpha)] if fixed_alpha is not None else
-                          linspace_grid(params.search_scale[1], params.search_step[1]))
-    f = F.normalize(ctx.val_features.float(), dim=-1)
+    alpha_grid = ([float(fixed_alpha)] if fixed_alpha is not None else
+                  linspace_grid(params.search_scale[1], params.search_step[1]))
+    f = F.normalize(working_float(ctx.val_features).to(keys.dtype), dim=-1)
+    alphas = torch.tensor(alpha_grid, dtype=f.dtype)
     labels = ctx.val_labels
     zs = zero_shot_logits(f, text_normed, ctx.logit_scale)
     best = (-1.0, 0.0, 0.0)
@@ -184,7 +189,7 @@ def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torc
         accs = correct.mean(dim=1)
         i = int(accs.argmax())  # first maximum: the smallest alpha among ties, as the reference's strict '>'
         if float(accs[i]) > best[0]:
-            best = (float(accs[i]), float(alphas[i]), float(beta))
+            best = (float(accs[i]), alpha_grid[i], float(beta))  # the grid's value, not its float32 copy
     return best[1], best[2], best[0]
 
 
@@ -241,7 +246,7 @@ class TipAdapterF(Method):
             return F.cross_entropy(forward(F.normalize(feats, dim=-1)), labels)
 
         best = {"acc": -1.0, "epoch": -1, "keys": keys0.clone()}
-        val_f = F.normalize(ctx.val_features.float(), dim=-1) if has_val(ctx) else None
+        val_f = F.normalize(working_float(ctx.val_features).to(keys.dtype), dim=-1) if has_val(ctx) else None
 
         def on_epoch_end(epoch):
             if val_f is None:
@@ -252,15 +257,19 @@ class TipAdapterF(Method):
             if acc > best["acc"]:
                 best.update(acc=acc, epoch=epoch, keys=keys.detach().clone())
 
-        steps = len(epoch_batches(ctx.train.num_samples, params.batch_size, torch.Generator().manual_seed(0)))
+        # main.py's train_loader_F keeps the last short batch (datasets/utils.py: drop_last=False), and its
+        # CosineAnnealingLR spans train_epoch * len(train_loader_F) steps, that batch included.
+        steps = len(epoch_batches(ctx.train.num_samples, params.batch_size, torch.Generator().manual_seed(0),
+                                  keep_partial=True))
         schedule = StepCosine(params.lr, params.epochs, steps)
         optimizer = torch.optim.AdamW([keys], lr=params.lr, eps=params.eps, weight_decay=params.weight_decay)
         history = run_epochs([keys], loss_fn, ctx.train, schedule, optimizer, batch_size=params.batch_size,
-                             seed=ctx.seed, progress=ctx.progress, desc="Tip-Adapter-F", on_epoch_end=on_epoch_end)
+                             seed=ctx.seed, progress=ctx.progress, desc="Tip-Adapter-F", on_epoch_end=on_epoch_end,
+                             keep_partial=True)
         if val_f is None and params.epochs > 0:
             warn_no_val("Tip-Adapter-F", "the keys of the last epoch")
         tuned = best["keys"]
         alpha, beta, val_acc = search_alpha_beta(params, tuned, values, text, ctx)
         meta = ctx.meta(self.name, params, loss_history=history, best_epoch=best["epoch"], alpha=alpha, beta=beta,
-                        val_top1=val_acc)
+                        val_top1=val_acc, steps_per_epoch=steps)
         return CacheClassifier(meta, text, tuned, labels, alpha, beta, ctx.logit_scale)

@@ -26,10 +26,16 @@ class Schedule:
         return 0.5 * self.lr * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A random permutation cut into batches; the last short batch is dropped only when n >= batch size."""
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  keep_partial: bool = False) -> list[torch.Tensor]:
+    """A random permutation cut into batches.
+
+    The last short batch is dropped only when n >= batch size (Dassl's ``drop_last=is_train and
+    len(data_source) >= batch_size``: TaskRes, CoOp, CLIP-Adapter), or never with ``keep_partial``
+    (a torch DataLoader with ``drop_last=False``: Tip-Adapter-F's datasets/utils.py build_data_loader).
+    """
     perm = torch.randperm(n, generator=generator)
-    drop_last = n >= batch_size
+    drop_last = n >= batch_size and not keep_partial
     stop = (n // batch_size) * batch_size if drop_last else n
     return [perm[i:i + batch_size] for i in range(0, stop, batch_size)]
 

@@ -1,0 +1,138 @@
+"""Small shared pieces of parity.tip_adapter and parity.clip_adapter: running a release's code on a CPU, on features.
+
+Both releases were written for a GPU and for images; the parity runs feed them the fixture's cached features.
+What is patched is said in each golden's ``meta["patches"]``; these helpers are those patches, nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+
+def official_commit(repo: Path) -> str:
+    """The snapshot's commit (``git rev-parse HEAD``), for the golden's meta."""
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+class _Unused(types.ModuleType):
+    """An import-only stand-in: the module may be imported, but any use of it fails loudly."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unused(*args, **kwargs):
+            raise RuntimeError(f"{self.__name__}.{name} was stubbed for the parity run and must not be called")
+
+        return unused
+
+
+def stub_modules(names: list[str]) -> None:
+    """Let a release import packages its parity path never calls (gdown, tensorboard, ...), uninstalled."""
+    for name in names:
+        if name in sys.modules:
+            continue
+        module = _Unused(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        sys.modules[name] = module
+
+
+def use_release_package(repo: Path, package: str) -> None:
+    """Put the snapshot first on sys.path and forget an already imported ``package`` (e.g. clip-anytorch's
+    ``clip``), so that the release's own copy is the one imported from here on."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(repo))
+
+
+def import_file(name: str, path: Path):
+    """Import one file of the release under a private module name (``main.py`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def cuda_is_cpu():
+    """``Tensor.cuda()`` and ``Module.cuda()`` return their receiver: the releases call them unconditionally."""
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.nn.Module.cuda = saved
+
+
+def epoch_permutations(n: int, epochs: int, seed: int) -> torch.Tensor:
+    """[epochs, n]: each epoch's shuffle, drawn as taskres's training loops draw it (one ``torch.randperm``
+    per epoch from ``torch.Generator().manual_seed(seed)``), so both sides see the same batches."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])
+
+
+class FeatureLoader:
+    """A stand-in for a release's training DataLoader that yields cached features instead of images.
+
+    Epoch e (the e-th iteration over the loader) shows view ``e % V`` of every image, in the order
+    ``order[e]`` (or in index order with ``order=None``), cut into ``batch_size`` batches; ``drop_last`` as the
+    release's own loader sets it. ``as_dict`` yields Dassl's batch dicts ({"img", "label"}), else tuples.
+    """
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, batch_size: int, drop_last: bool,
+                 order: torch.Tensor | None = None, as_dict: bool = False):
+        self.views, self.labels, self.batch_size, self.drop_last = views, labels, batch_size, drop_last
+        self.order, self.as_dict, self.epoch = order, as_dict, 0
+
+    def __len__(self) -> int:
+        n = self.views.shape[1]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = self.views.shape[1]
+        perm = torch.arange(n) if self.order is None else self.order[self.epoch]
+        view = self.views[self.epoch % self.views.shape[0]]
+        self.epoch += 1
+        for b in range(len(self)):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            # clone: the releases normalise their encoder's output in place
+            feats, labels = view[idx].clone(), self.labels[idx].clone()
+            yield {"img": feats, "label": labels} if self.as_dict else (feats, labels)
+
+
+class EpochViews:
+    """A taskres training source (``.features(idx, epoch)``, ``.labels``, ``.views``) that shows view
+    ``epoch % V`` in epoch e, as :class:`FeatureLoader` does for the release."""
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor):
+        self.views, self.labels = views, labels
+
+    @property
+    def num_samples(self) -> int:
+        return self.views.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.views.shape[2]
+
+    @property
+    def num_views(self) -> int:
+        return self.views.shape[0]
+
+    def features(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.views[epoch % self.views.shape[0], idx]
+
+    def view_rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of one view, in the views' dtype (what taskres's one-pass methods read)."""
+        return self.views[view, idx]
