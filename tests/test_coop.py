@@ -1,0 +1,100 @@
+"""CoOp beside its authors' code: the precision it trains in (issue 19 fix 6) and its word-initialised context.
+
+The float64/float32 goldens of ``parity/coop.py`` are compared by tests/parity/test_golden.py; the float16
+run (CoOp's default ``PREC``, executed on a CPU) is compared here, against taskres's ``precision=fp16``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from parity import coop as parity_coop
+from parity import fixture
+from taskres.features.views import CachedViews
+from taskres.methods import get_method
+from taskres.methods.base import FitContext
+from taskres.methods.coop import PromptLearner, CoOpParams, resolve_precision
+from taskres.methods.text_encoder import TextTower
+
+
+def _ctx() -> FitContext:
+    backbone = fixture.tiny_backbone()
+    feats = fixture.features(torch.float32)
+    names = [n.replace("_", " ") for n in fixture.CLASSNAMES]
+    return FitContext(task_name="parity", classnames=names, templates=["a photo of a {}."],
+                      text_classifier=torch.zeros(len(names), fixture.EMBED_DIM), logit_scale=backbone.logit_scale,
+                      train=CachedViews(feats["train_views"][0], feats["train_labels"]), shots=fixture.SHOTS, seed=1,
+                      backbone_identity=backbone.identity, backbone=backbone, progress=False)
+
+
+def test_precision_is_one_of_the_references_values():
+    with pytest.raises(ValueError, match="--set precision must be one of auto, fp16, fp32, amp, not 'bf16'"):
+        get_method("coop", {"precision": "bf16"})
+
+
+def test_auto_precision_is_the_references_fp16_on_a_gpu_and_fp32_on_a_cpu():
+    assert resolve_precision("auto", torch.device("cuda")) == ("fp16", None)
+    assert resolve_precision("amp", torch.device("cuda")) == ("amp", None)
+    used, note = resolve_precision("auto", torch.device("cpu"))
+    assert used == "fp32" and "fp32 on a CPU" in note
+    assert resolve_precision("fp16", torch.device("cpu")) == ("fp16", None)  # torch runs fp16 on a CPU too
+
+
+@pytest.mark.parametrize("asked, used, dtype", [("auto", "fp32", "float32"), ("fp16", "fp16", "float16"),
+                                                ("amp", "fp32", "float32"), ("fp32", "fp32", "float32")])
+def test_the_precision_a_run_used_is_recorded(asked, used, dtype, caplog):
+    with caplog.at_level(logging.INFO, logger="taskres"):
+        clf = get_method("coop", {"n_ctx": 4, "epochs": 2, "batch_size": 8, "precision": asked}).fit(_ctx())
+    assert clf.meta.hparams["precision"] == used  # hparams go to metrics.json as they are
+    assert clf.meta.extra["train_dtype"] == dtype
+    assert torch.isfinite(clf.base).all() and clf.base.dtype == torch.float32
+    if asked == "amp":  # asked for and not given: said in one line
+        assert any("amp" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def _fp16():
+    golden, meta = fixture.load_golden("coop")
+    return parity_coop.recompute(golden, meta, torch.float32, precision="fp16"), parity_coop.for_run(golden, "float16"), meta
+
+
+def test_fp16_agrees_with_coops_own_fp16_run_within_fp16_round_off():
+    ours, official, meta = _fp16()
+    rel = meta["tolerance_float16"]["rel_to_max"]
+    for key in parity_coop.OUTPUTS:
+        if key == "predictions":
+            continue
+        want, got = official[key].double(), ours[key].double()
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert (got - want).abs().max() <= rel * want.abs().max(), key
+    # a prediction may differ only where the official top-2 logits are within that round-off of each other
+    top2 = official["logits"].double().topk(2, dim=1).values
+    close = (top2[:, 0] - top2[:, 1]) <= 2 * rel * official["logits"].double().abs().max()
+    assert ((ours["predictions"] == official["predictions"]) | close).all()
+
+
+def test_fp16_is_coops_fp16_path_bit_for_bit_with_its_full_pass_and_batch_order(monkeypatch):
+    # The two shortcuts taskres takes (the transformer on the prompts' prefix, its own batch order) are the
+    # only round-off differences: without them every fp16 output is the official one exactly.
+    import taskres.methods.common as common
+
+    monkeypatch.setattr(TextTower, "_needed_length", lambda self, tokens: tokens.shape[1])
+    monkeypatch.setattr(common, "epoch_batches", lambda n, batch_size, generator: [torch.arange(n)])
+    ours, official, _ = _fp16()
+    for key in parity_coop.OUTPUTS:
+        assert torch.equal(ours[key], official[key]), key
+    assert official["ctx_delta"].abs().max() > 0  # it did learn
+
+
+def test_a_words_context_has_one_vector_per_word_as_coop_counts_them():
+    # CoOp: n_ctx = len(ctx_init.split(" ")) and the context is the first n_ctx token embeddings; "itap" is two
+    # BPE tokens, so 3 words are 4 tokens and the 4th stays in the fixed part of the prompt.
+    tower = TextTower(fixture.tiny_backbone())
+    learner = PromptLearner(tower, ["dog"], CoOpParams(ctx_init="an itap of"), seed=1)
+    assert learner.n_ctx == 3 and tuple(learner.ctx.shape) == (3, tower.width)
+    tokens = tower.tokenize(["an itap of dog."])[0]
+    with torch.no_grad():
+        assert torch.equal(learner.ctx, tower.embed(tokens[1:4]))
+        assert torch.equal(learner.token_suffix[0, 0], tower.embed(tokens[4:5])[0])  # "of", kept fixed
