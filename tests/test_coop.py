@@ -69,9 +69,11 @@ def test_fp16_agrees_with_coops_own_fp16_run_within_fp16_round_off():
         want, got = official[key].double(), ours[key].double()
         assert got.dtype == want.dtype and got.shape == want.shape
         assert (got - want).abs().max() <= rel * want.abs().max(), key
-    # a prediction may differ only where the official top-2 logits are within that round-off of each other
+    # a prediction may differ only where the official top-2 logits are within 4 fp16 ulps of each other (the
+    # tiny model's logits lie within 1 of each other, so fp16 ties are common here)
     top2 = official["logits"].double().topk(2, dim=1).values
-    close = (top2[:, 0] - top2[:, 1]) <= 2 * rel * official["logits"].double().abs().max()
+    ulp = 2.0 ** (torch.floor(torch.log2(top2[:, 0].abs())) - 10)
+    close = (top2[:, 0] - top2[:, 1]) <= 4 * ulp
     assert ((ours["predictions"] == official["predictions"]) | close).all()
 
 
