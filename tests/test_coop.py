@@ -20,14 +20,21 @@ from taskres.methods.coop import PromptLearner, CoOpParams, resolve_precision
 from taskres.methods.text_encoder import TextTower
 
 
-def _ctx() -> FitContext:
-    backbone = fixture.tiny_backbone()
+def _ctx(device: str = "cpu") -> FitContext:
+    backbone = fixture.tiny_backbone() if device == "cpu" else _backbone_on(device)
     feats = fixture.features(torch.float32)
     names = [n.replace("_", " ") for n in fixture.CLASSNAMES]
     return FitContext(task_name="parity", classnames=names, templates=["a photo of a {}."],
                       text_classifier=torch.zeros(len(names), fixture.EMBED_DIM), logit_scale=backbone.logit_scale,
                       train=CachedViews(feats["train_views"][0], feats["train_labels"]), shots=fixture.SHOTS, seed=1,
                       backbone_identity=backbone.identity, backbone=backbone, progress=False)
+
+
+def _backbone_on(device: str):
+    from taskres.backbone import BackboneConfig, load_backbone
+
+    config, weights = fixture.tiny_model_files()
+    return load_backbone(BackboneConfig(str(config), str(weights), device=device, quick_gelu=True))
 
 
 def test_precision_is_one_of_the_references_values():
@@ -100,3 +107,16 @@ def test_a_words_context_has_one_vector_per_word_as_coop_counts_them():
     with torch.no_grad():
         assert torch.equal(learner.ctx, tower.embed(tokens[1:4]))
         assert torch.equal(learner.token_suffix[0, 0], tower.embed(tokens[4:5])[0])  # "of", kept fixed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("asked, used, dtype", [("auto", "fp16", "float16"), ("amp", "amp", "float32")])
+def test_on_a_gpu_coop_trains_in_the_references_precision(asked, used, dtype):
+    ctx = _ctx("cuda")
+    clf = get_method("coop", {"n_ctx": 4, "epochs": 3, "batch_size": 8, "precision": asked}).fit(ctx)
+    assert clf.meta.hparams["precision"] == used and clf.meta.extra["train_dtype"] == dtype
+    assert torch.isfinite(clf.base).all() and all(torch.isfinite(torch.tensor(clf.meta.extra["loss_history"])))
+    fp32 = get_method("coop", {"n_ctx": 4, "epochs": 3, "batch_size": 8, "precision": "fp32"}).fit(ctx)
+    # the same training in another precision: close in direction, not equal
+    cos = torch.nn.functional.cosine_similarity(clf.base, fp32.base, dim=-1)
+    assert (cos > 0.99).all() and not torch.equal(clf.base, fp32.base)
