@@ -16,6 +16,12 @@ a GPU and fp32 on a CPU; ``fp16`` also runs on a CPU (torch has the kernels; hel
 by the parity golden); ``amp`` is fp32 weights under CUDA autocast with a gradient scaler, and on a CPU,
 where the reference's ``torch.cuda.amp.autocast`` does nothing, it is fp32. The precision used is in the
 classifier's hparams and so in ``metrics.json``.
+
+Against the release (KaiyangZhou/CoOp trainers/coop.py with Dassl's SGD and warm-up cosine; the goldens
+of parity/coop.py hold taskres to it within 1.2e-13 in float64): the random context comes from a generator
+seeded by the run's seed rather than the global RNG; training reads cached augmented views; a training step
+runs the text transformer only up to the prompts' last EOT token (the same features under the causal mask);
+class-specific context and the middle/front class-token positions are not offered.
 """
 
 from __future__ import annotations
