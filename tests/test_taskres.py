@@ -61,7 +61,7 @@ def test_closed_form_gradient_matches_autograd(alpha):
     x = (0.3 * torch.randn(C, D, generator=g, dtype=torch.float64)).requires_grad_()
     loss = F.cross_entropy(taskres_logits(f.double(), base, x, alpha, math.log(100.0)), y)
     loss.backward()
-    scale = logit_scale_exp(math.log(100.0))  # the same float32-rounded temperature as the forward pass
+    scale = logit_scale_exp(math.log(100.0))  # the same temperature as the forward pass
     closed_loss, closed_grad = taskres_loss_and_grad(f.double(), y, base, x.detach(), alpha, scale)
     torch.testing.assert_close(closed_loss, loss.detach())
     torch.testing.assert_close(closed_grad, x.grad)

@@ -8,6 +8,7 @@ hyper-parameters). Loading never unpickles anything. Each classifier kind regist
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -80,7 +81,8 @@ def cosine_logits(features: torch.Tensor, weights: torch.Tensor, logit_scale: fl
 
 
 def logit_scale_exp(logit_scale: float) -> float:
-    return float(torch.tensor(logit_scale).exp())
+    # in double: a float32 exp moves float64 logits by ~1e-7 relative (CLIP's own exp runs in the model's dtype)
+    return math.exp(float(logit_scale))
 
 
 class CosineClassifier(Classifier):

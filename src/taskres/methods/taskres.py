@@ -211,6 +211,11 @@ class _DeviceSource:
         return self.source.features(idx, epoch).float().to(self.device)
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 cached views are normalised in float32; float64 ones (parity checks) stay float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class _NormalisedSource:
     """A training source whose rows come L2-normalised, in the products' dtype, on the training device.
 
@@ -222,11 +227,11 @@ class _NormalisedSource:
         self.labels = source.labels.to(device)
         self.num_samples = source.num_samples
         views = getattr(source, "views", None)
-        self._views = None if views is None else F.normalize(views.float(), dim=-1).to(device, dtype)
+        self._views = None if views is None else F.normalize(_at_least_fp32(views), dim=-1).to(device, dtype)
 
     def features(self, idx, epoch):
         if self._views is None:
-            return F.normalize(self.source.features(idx, epoch).float(), dim=-1).to(self.device, self.dtype)
+            return F.normalize(_at_least_fp32(self.source.features(idx, epoch)), dim=-1).to(self.device, self.dtype)
         if self._views.shape[0] == 1:
             return self._views[0].index_select(0, idx.to(self.device))
         return self._views[self.source.view_choice(epoch)[idx].to(self.device), idx.to(self.device)]
