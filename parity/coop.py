@@ -286,14 +286,18 @@ class _nothing:
         return False
 
 
-# Measured against the first goldens (both variants): float64 every output within 1.2e-13 (worst ratio to
-# this tolerance 1e-3), float32 within 4e-5 (worst ratio 0.24, the logits). float16 (tests/test_coop.py):
-# taskres equals the official run bit for bit with the full 77-position pass and the official batch order,
-# and within 8 fp16 ulps of each output's largest value with the prefix pass and its own order.
-TOLERANCE = {"float64": {"atol": 1e-12, "rtol": 1e-10}, "float32": {"atol": 1e-4, "rtol": 1e-4}}
+# Measured on both goldens: float64 every output within 1.2e-13 (worst ratio to this tolerance 1e-3); float32
+# within 4e-5 on the logits (|logit| up to 41) and 6e-6 elsewhere (worst ratio 0.27, the logits; 0.2 the text
+# features). float16 (tests/test_coop.py): taskres equals the official run bit for bit with the full
+# 77-position pass and the official batch order, and within 8 fp16 ulps of each output's largest value with
+# the prefix pass and its own order. Momentum 0.8, a 1 % larger lr or a doubled warm-up lr fail in both dtypes,
+# a tenfold weight decay in float64 (its effect, ~7e-7 on the context, is fp32 round-off).
+TOLERANCE = {"float64": {"atol": 1e-12, "rtol": 1e-10}, "float32": {"atol": 2e-5, "rtol": 3e-5}}
 # The exported classifier (PromptClassifier) keeps its context and prompt features in float32, so the features
 # it builds for new class names are float32 values whatever the dtype trained in (measured: 1.4e-7 off in fp64).
-TOLERANCE_BY_OUTPUT: dict = {"new_text_features": {"float64": {"atol": 1e-6, "rtol": 1e-6}}}
+TOLERANCE_BY_OUTPUT: dict = {"new_text_features": {"float64": {"atol": 1e-6, "rtol": 1e-6}},
+                             "logits": {"float32": {"atol": 1e-4, "rtol": 3e-5}},
+                             "init_logits": {"float32": {"atol": 1e-4, "rtol": 3e-5}}}
 FLOAT16_REL_TO_MAX = 16 * 2.0 ** -10  # 16 ulps of fp16 at each output's largest magnitude
 
 
