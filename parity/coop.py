@@ -6,7 +6,9 @@ CoOp's train.py layers: Dassl defaults, ``extend_cfg``, ``configs/trainers/CoOp/
 fixture's tiny CLIP and images, runs Dassl's ``TrainerX.run_epoch`` for a few full-batch epochs (one step
 each: epoch 0 at the constant warm-up lr, then cosine) and saves, per precision, the seeded starting context,
 the prompts' text features and the test logits at the start, every step's lr and loss, the learned context,
-the final text features, logits and predictions. ``recompute`` gives the same from ``taskres.methods.coop``.
+the final text features, logits and predictions, and the learned context in front of new class names
+(base-to-new, as CoOp's load_model rebuilds the prompts). ``recompute`` gives the same from
+``taskres.methods.coop`` (``CoOp.fit`` and ``classifier_for_new_classes``), started from CoOp's draw.
 
 Runs: float64 and float32 (what the CI test compares) and float16, CoOp's default ``PREC`` (its own test,
 tests/test_coop.py, holds taskres's ``precision=fp16`` to it within fp16 round-off). Two goldens: ``coop``
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from contextlib import nullcontext
 import importlib
 import importlib.machinery
 import subprocess
@@ -30,6 +33,12 @@ from types import SimpleNamespace
 import torch
 
 from parity import fixture
+from taskres.features.views import CachedViews
+from taskres.methods.base import FitContext
+from taskres.methods.coop import (CoOp, CoOpParams, logit_scale_tensor, prompt_features, prompt_logits,
+                                  training_tower)
+from taskres.methods.text_encoder import TextTower
+from taskres.methods.training import Schedule
 
 OFFICIAL = {
     "repo": "KaiyangZhou/CoOp",
@@ -253,7 +262,7 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
     for name, variant in VARIANTS.items():
         tensors = {"train_labels": train_labels, "test_labels": test_labels}
         for run, dtype in RUNS.items():
-            context = fixture.exact_layernorm(off.model.LayerNorm) if dtype == torch.float64 else _nothing()
+            context = fixture.exact_layernorm(off.model.LayerNorm) if dtype == torch.float64 else nullcontext()
             with context:
                 result = _run(off, repo, variant, dtype)
             tensors.update({f"{run}/{k}": v for k, v in result.items()})
@@ -276,14 +285,6 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
             "tolerance_float16": {"rel_to_max": FLOAT16_REL_TO_MAX},
         }
         print(name, fixture.save_golden(name, tensors, meta))
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # Measured on both goldens: float64 every output within 1.2e-13 (worst ratio to this tolerance 1e-3); float32
@@ -319,13 +320,6 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype,
     ``precision`` is the CoOp parameter: "fp32" trains in the backbone's dtype (``dtype``); "fp16" (with
     ``dtype`` float32, the backbone's) in fp16 copies of its text encoder, from the float16 run's inputs.
     """
-    from taskres.features.views import CachedViews
-    from taskres.methods.base import FitContext
-    from taskres.methods.coop import (CoOp, CoOpParams, logit_scale_tensor, prompt_features, prompt_logits,
-                                      training_tower)
-    from taskres.methods.text_encoder import TextTower
-    from taskres.methods.training import Schedule
-
     g = fixture.for_dtype(golden, dtype) if precision == "fp32" else for_run(golden, "float16")
     s = meta["settings"]
     backbone = _backbone(dtype)
@@ -340,7 +334,7 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype,
     params = CoOpParams(n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], lr=s["lr"], epochs=s["epochs"],
                         batch_size=s["batch_size"], momentum=s["momentum"], weight_decay=s["weight_decay"],
                         warmup_epochs=s["warmup_epochs"], warmup_lr=s["warmup_lr"], precision=precision)
-    method = _StartingAt(params, start=g["ctx_init"])
+    method = StartingAt(params, start=g["ctx_init"])
     tower = training_tower(TextTower(backbone), precision)
     scale = logit_scale_tensor(ctx.logit_scale, tower.dtype, tower.device)
     test = g["test_features"].to(tower.dtype)
@@ -372,28 +366,20 @@ def for_run(golden: dict[str, torch.Tensor], run: str) -> dict[str, torch.Tensor
     return out
 
 
-def _starting_method():
-    from taskres.methods.coop import CoOp
+class StartingAt(CoOp):
+    """taskres's CoOp whose context starts at the official run's draw (and keeps its learner to read)."""
 
-    class StartingAt(CoOp):
-        """taskres's CoOp whose context starts at the official run's draw (and keeps its learner)."""
+    def __init__(self, params: CoOpParams, start: torch.Tensor):
+        super().__init__(params)
+        self.start = start
+        self.learner = None
 
-        def __init__(self, params, start: torch.Tensor):
-            super().__init__(params)
-            self.start = start
-
-        def make_learner(self, tower, ctx, params):
-            learner = super().make_learner(tower, ctx, params)
-            with torch.no_grad():
-                learner.ctx.copy_(self.start.to(learner.ctx.dtype))
-            self.learner = learner
-            return learner
-
-    return StartingAt
-
-
-def _StartingAt(params, start):
-    return _starting_method()(params, start)
+    def make_learner(self, tower, ctx, params):
+        learner = super().make_learner(tower, ctx, params)
+        with torch.no_grad():
+            learner.ctx.copy_(self.start.to(learner.ctx.dtype))
+        self.learner = learner
+        return learner
 
 
 def main(argv: list[str] | None = None) -> None:
