@@ -210,7 +210,7 @@ class CoOp(Method):
             raise TrainingError("CoOp learns through the text encoder, but no backbone was given")
         asked = (self.params or CoOpParams()).precision
         note = resolve_precision(asked, ctx.backbone.device)[1]
-        if note:  # the default on a CPU is said quietly; an explicit amp that cannot be is said out loud
+        if note and params.precision != asked:  # the CPU default quietly; an amp that cannot be out loud
             (log.info if asked == "auto" else log.warning)(note)
         tower = training_tower(TextTower(ctx.backbone), params.precision)
         learner = self.make_learner(tower, ctx, params)
@@ -221,6 +221,8 @@ class CoOp(Method):
 
         def loss_fn(feats, labels):
             with autocast:
+                # under CoOp's autocast the image encoder hands over fp16 features, normalised in fp16
+                feats = feats.half() if amp else feats
                 logits = prompt_logits(tower, learner, feats, scale, prefix_only=True)
                 return F.cross_entropy(logits, labels)
 
