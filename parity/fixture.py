@@ -12,7 +12,8 @@ What is here (all deterministic, CPU, no network):
 * ``exact_layernorm(cls)``: OpenAI's LayerNorm computes in fp32 whatever the input; this makes it keep
   the input's dtype, for float64 runs of an official fork's text or image encoder.
 * ``features(dtype)``: fixed cached-feature tensors (train views [V, N, D], val, test, labels) for the
-  methods that run on cached features; ``images(split)``: fixed small generated PIL images and labels.
+  methods that run on cached features; ``feature_pool(per_class, noise, seed)`` more of them around the same
+  class directions (larger pools, overlapping classes); ``images(split)``: fixed small generated PIL images and labels.
 * ``save_golden`` / ``load_golden`` / ``golden_names``: ``tests/parity/golden/<name>.safetensors`` with
   the meta as JSON in the safetensors metadata; ``for_dtype`` and ``compare`` as the CI test uses them.
 
@@ -157,7 +158,8 @@ def features(dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     """
     g = torch.Generator().manual_seed(FEATURE_SEED)
     num_classes = len(CLASSNAMES)
-    centres = torch.nn.functional.normalize(torch.randn(num_classes, EMBED_DIM, generator=g, dtype=torch.float64), dim=-1)
+    centres = torch.randn(num_classes, EMBED_DIM, generator=g, dtype=torch.float64)
+    centres = torch.nn.functional.normalize(centres, dim=-1)
 
     def split(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
@@ -172,6 +174,27 @@ def features(dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     out = {"train_views": views, "train_labels": train_labels, "val": val, "val_labels": val_labels,
            "test": test, "test_labels": test_labels}
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+
+
+def class_centres() -> torch.Tensor:
+    """The unit class directions [C, D] that ``features`` draws around (float64)."""
+    g = torch.Generator().manual_seed(FEATURE_SEED)
+    centres = torch.randn(len(CLASSNAMES), EMBED_DIM, generator=g, dtype=torch.float64)
+    return torch.nn.functional.normalize(centres, dim=-1)
+
+
+def feature_pool(per_class: int, noise: float, seed: int, dtype: torch.dtype = torch.float64):
+    """(features [C * per_class, D], labels) around ``class_centres``, class-sorted, with its own seed.
+
+    For methods that draw their own shots from a larger pool (CoOp's lpclip samples from train.npz) or need
+    classes that overlap (``noise`` near 1 makes the accuracy depend on a regulariser, as a search needs).
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(len(CLASSNAMES)).repeat_interleave(per_class)
+    points = class_centres()[labels] + noise * torch.randn(len(labels), EMBED_DIM, generator=g,
+                                                            dtype=torch.float64) / math.sqrt(EMBED_DIM)
+    scale = 8.0 + torch.rand(len(labels), 1, generator=g, dtype=torch.float64) * 4.0
+    return (scale * points).to(dtype), labels
 
 
 def images(split: str = "train"):

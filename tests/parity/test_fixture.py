@@ -75,7 +75,8 @@ def test_golden_round_trip_and_compare(tmp_path, monkeypatch):
     good = fixture.compare({"y": torch.ones(2, dtype=torch.float64), "pred": torch.tensor([0, 2])}, golden, meta,
                            torch.float64)
     assert all(row["ok"] for row in good)
-    bad = fixture.compare({"y": torch.ones(2, dtype=torch.float64) + 1e-9, "pred": torch.tensor([0, 1])}, golden, meta, torch.float64)
+    off = {"y": torch.ones(2, dtype=torch.float64) + 1e-9, "pred": torch.tensor([0, 1])}
+    bad = fixture.compare(off, golden, meta, torch.float64)
     assert [row["ok"] for row in bad] == [False, False] and math.isinf(bad[1]["ratio"])
     assert not fixture.compare({"y": torch.ones(3)}, golden, meta, torch.float64)[0]["ok"]
 
@@ -84,3 +85,14 @@ def test_save_golden_refuses_an_output_missing_for_a_dtype(tmp_path, monkeypatch
     monkeypatch.setattr(fixture, "GOLDEN_DIR", tmp_path)
     with pytest.raises(ValueError, match="float32"):
         fixture.save_golden("demo", {"float64/y": torch.ones(1, dtype=torch.float64), "pred": torch.ones(1)}, _meta())
+
+
+def test_feature_pool_draws_around_the_same_class_directions():
+    pool, labels = fixture.feature_pool(8, 0.5, seed=3)
+    again, _ = fixture.feature_pool(8, 0.5, seed=3)
+    assert torch.equal(pool, again) and pool.shape == (8 * len(fixture.CLASSNAMES), fixture.EMBED_DIM)
+    cos = torch.nn.functional.normalize(pool, dim=-1) @ fixture.class_centres().t()
+    assert (cos.argmax(1) == labels).all()  # little noise: each point nearest its own class direction
+    feats = fixture.features()
+    own = torch.nn.functional.normalize(feats["test"], dim=-1) @ fixture.class_centres().t()
+    assert (own.argmax(1) == feats["test_labels"]).float().mean() > 0.9  # features() shares the directions
