@@ -45,7 +45,8 @@ OFFICIAL = {
     "repo": "KaiyangZhou/CoOp",
     "files": ["trainers/coop.py", "clip/model.py", "clip/clip.py", "train.py", "configs/trainers/CoOp/rn50.yaml"],
     "what": "CoOp's prompts' text features and logits at the start, lr and loss of each full-batch SGD step, "
-            "the learned context, final text features, logits and predictions",
+            "the learned context, final text features, logits and predictions, new class names' features "
+            "with the learned context (base-to-new)",
 }
 DASSL = {
     "repo": "KaiyangZhou/Dassl.pytorch",
@@ -84,6 +85,7 @@ PATCHES = [
     "Dassl's optional imports that this path never uses (tensorboard, gdown, wilds, sklearn, pandas) are stubs",
     "amp run (keys amp/*): trainers/coop.py's torch.cuda.amp.autocast and GradScaler, inactive without CUDA, "
     "are replaced by torch.autocast('cpu', float16) and torch.amp.GradScaler('cpu') (the same defaults)",
+    "run on 1 CPU thread (torch.set_num_threads(1), as the test suite runs)",
     "images: the fixture's, through CoOp's clip._transform (resize, centre crop); no augmentation, so the "
     "image features are fixed inputs that taskres takes as a single cached view",
 ]
