@@ -65,7 +65,8 @@ def test_the_precision_a_run_used_is_recorded(asked, used, dtype, caplog):
 def _against_official(precision: str, name: str):
     golden, meta = fixture.load_golden(name)
     run = parity_coop.PRECISION_RUNS[precision]
-    return parity_coop.recompute(golden, meta, torch.float32, precision=precision), parity_coop.for_run(golden, run), meta
+    ours = parity_coop.recompute(golden, meta, torch.float32, precision=precision)
+    return ours, parity_coop.for_run(golden, run), meta
 
 
 # fp16: CoOp's default PREC; amp: its autocast path (CUDA's in the release) moved to the CPU on both sides
