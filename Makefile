@@ -26,7 +26,7 @@ test: $(STAMP)
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
 		echo "could not install chromium: the browser tests will skip"
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/taskres_train.py

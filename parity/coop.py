@@ -90,10 +90,6 @@ PATCHES = [
     "image features are fixed inputs that taskres takes as a single cached view",
 ]
 DEVIATIONS = [
-    ("class names: CoOp prompts with name.replace('_', ' '); taskres's CoOp takes the names as given until "
-     "issue 19 fix 1 (the text-recipes branch) adds the per-method rule; recompute hands it the spaced names",
-     "with the raw names the three '_' classes' initial prompt features have cosine 0.94-0.99 to CoOp's "
-     "(fp64 goldens), and the trained model's test predictions agree on 0 % and 7 % of the fixture's images"),
     ("the random context draws N(0, 0.02) from a private generator seeded by the run's seed, not from "
      "the global RNG after set_random_seed",
      "the same law, other numbers (a change of seed); the goldens start both sides from CoOp's draw"),
@@ -351,14 +347,13 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype,
     g = fixture.for_dtype(golden, dtype) if precision == "fp32" else for_run(golden, PRECISION_RUNS[precision])
     s = meta["settings"]
     backbone = _backbone(dtype)
-    # CoOp's PromptLearner prompts with name.replace("_", " "); taskres's CoOp takes the names as given
-    # (issue 19 fix 1 adds that rule per method on the text-recipes branch), so it is given them so here.
-    classnames = [name.replace("_", " ") for name in meta["classnames"]]
+    # the dataset's names, "_" included: CoOp's text recipe gives the prompt names (spaces, as PromptLearner)
+    classnames, recipe = list(meta["classnames"]), CoOp.text_recipe
     ctx = FitContext(task_name="parity", classnames=classnames, templates=["a photo of a {}."],
                      text_classifier=torch.zeros(len(classnames), fixture.EMBED_DIM),
                      logit_scale=backbone.logit_scale, train=CachedViews(g["train_features"], g["train_labels"]),
                      shots=fixture.SHOTS, seed=s["seed"], backbone_identity=backbone.identity, backbone=backbone,
-                     progress=False)
+                     progress=False, prompt_classnames=recipe.prompt_names(classnames), text_recipe=recipe)
     params = CoOpParams(n_ctx=s["n_ctx"], ctx_init=s["ctx_init"], lr=s["lr"], epochs=s["epochs"],
                         batch_size=s["batch_size"], momentum=s["momentum"], weight_decay=s["weight_decay"],
                         warmup_epochs=s["warmup_epochs"], warmup_lr=s["warmup_lr"], precision=precision)
@@ -373,7 +368,8 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype,
         out["init_logits"] = prompt_logits(tower, start, test, scale)
     classifier = method.fit(ctx)
     learner = method.learner
-    new = replace(ctx, classnames=[name.replace("_", " ") for name in meta["new_classnames"]])
+    new_names = list(meta["new_classnames"])
+    new = replace(ctx, classnames=new_names, prompt_classnames=recipe.prompt_names(new_names))
     out["new_text_features"] = method.classifier_for_new_classes(classifier, new).base.to(tower.dtype)
     schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
     with torch.no_grad():

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taskres.api import FitConfig, fit
+from taskres.api import FitConfig, build_context, fit
 from taskres.backbone import BackboneConfig
 from taskres.classifier import CosineClassifier
-from taskres.datasets import DatasetError, load_dataset, make_fewshot_split
+from taskres.datasets import DatasetError, TaskData, load_dataset, make_fewshot_split
 from taskres.features import CachedViews, View, entry_key
 from taskres.methods import METHODS, FitContext, get_method
 from taskres.methods.clap import outer_step, zero_shot_confidence
@@ -219,16 +219,16 @@ def test_zeroshot_ensemble_templates_follow_zsclip():
 
 def test_zeroshot_ensemble_normalises_each_template(tiny_backbone):
     names = ["red thing", "blue thing"]
-    ctx = FitContext(task_name="dtd", classnames=names, templates=["{} texture."],
-                     text_classifier=tiny_backbone.text_classifier(names, ["{} texture."]),
-                     logit_scale=tiny_backbone.logit_scale, train=None, shots=1, seed=1,
-                     backbone_identity=tiny_backbone.identity, backbone=tiny_backbone)
-    templates = ensemble_templates("dtd", ctx.templates)
+    task = TaskData("dtd", names, ["{} texture."], train=[], val=[], test=[])
+    method = get_method("zeroshot_ens")
+    ctx = build_context(task, tiny_backbone, None, shots=1, seed=1, progress=False, recipe=method.recipe)
+    templates = ensemble_templates("dtd", ["{} texture."])
+    assert ctx.templates == templates
     per_template = [F.normalize(tiny_backbone.encode_texts([t.format(c) for c in names]).float(), dim=-1)
                     for t in templates]
     expected = F.normalize(torch.stack(per_template).mean(0), dim=-1)
     assert torch.allclose(normalized_template_mean(tiny_backbone.encode_texts, names, templates), expected, atol=1e-6)
-    clf = get_method("zeroshot_ens").fit(ctx)
+    clf = method.fit(ctx)
     assert torch.allclose(clf.base, expected, atol=1e-6)
     assert torch.equal(get_method("zeroshot", ["templates=ensemble"]).fit(ctx).base, clf.base)
 

@@ -23,10 +23,10 @@ from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_
                        shots_used)
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
-from .methods import FitContext, get_method
+from .methods import FitContext, check_regime, get_method, recipe_of
+from .methods.text_recipe import TASKRES, TextRecipe
 from .metrics import split_evaluation
 from .run_report import write_run_report
-from .transforms import load_image
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
@@ -89,6 +89,14 @@ def versions() -> dict:
 
     return {"taskres": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
             "python": platform.python_version()}
+
+
+def method_source(name: str) -> dict | None:
+    """The package and version of a plugin method (taskres.plugins); None for a built-in one."""
+    from .methods import METHODS
+
+    source = METHODS.source(name)
+    return source.to_dict() if source is not None else None
 
 
 def make_cache(cache_dir: str | None, verify: str | None = None) -> FeatureCache:
@@ -196,18 +204,28 @@ def evaluate_splits(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, tas
         cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
 
 
+def text_classifier_for(task: TaskData, backbone: Backbone, recipe: TextRecipe = TASKRES) -> torch.Tensor:
+    """t [C, D] of ``task``'s classes as ``recipe`` (a method's original) builds it."""
+    return recipe.build(backbone.encode_texts, recipe.prompt_names(task.classnames),
+                        recipe.task_templates(task.name, task.templates))
+
+
 def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
                   base: torch.Tensor | None = None, val_features=None, val_labels=None,
-                  progress: bool = True) -> FitContext:
-    """What a method sees of a run: tensors, class names and the backbone's text side."""
+                  progress: bool = True, recipe: TextRecipe = TASKRES) -> FitContext:
+    """What a method sees of a run: tensors, class names and the backbone's text side.
+
+    ``recipe``: the method's text recipe (``method.recipe``), which gives its prompt names, templates and
+    text classifier; ``base``, when given, is that classifier already computed."""
     if base is None:
-        base = backbone.text_classifier(task.classnames, task.templates)
+        base = text_classifier_for(task, backbone, recipe)
     return FitContext(
-        task_name=task.name, classnames=task.classnames, templates=task.templates, text_classifier=base,
-        logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
+        task_name=task.name, classnames=task.classnames, templates=recipe.task_templates(task.name, task.templates),
+        text_classifier=base, logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
         backbone_identity=backbone.identity, val_features=val_features, val_labels=val_labels,
         class_ids=task.class_ids, dataset_alpha=task.alpha, dataset_lr=task.lr, backbone=backbone,
-        progress=progress)
+        progress=progress, prompt_classnames=recipe.prompt_names(task.classnames), text_recipe=recipe,
+        dataset_templates=list(task.templates))
 
 
 def is_run_folder(path: Path) -> bool:
@@ -224,6 +242,9 @@ def check_fit_config(cfg: FitConfig) -> None:
         raise ValueError(f"--seed must be a whole number, not {cfg.seed!r}")
     if cfg.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
+    if cfg.regime == "online" and cfg.memory_map:  # never ignore one of the two and record both
+        raise ValueError("--memory-map with --regime online: the online regime keeps no training views to map "
+                         "(every step encodes its images afresh); drop one of the two")
     if not cfg.eval_splits:
         raise ValueError("--eval-split: at least one split to evaluate")
 
@@ -262,6 +283,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     """
     check_fit_config(cfg)
     method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
+    check_regime(method, cfg.regime, cfg.memory_map)
     run_dir = Path(cfg.out) if cfg.out else None
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))
@@ -280,22 +302,31 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
     for name in cfg.eval_splits:
         task.split(name)  # unknown split names fail before any work
     cfg, split = resolve_split(cfg, task)
+    check_split = getattr(method, "check_split", None)
+    if check_split is not None:  # a method that cannot work on this split refuses before any image is encoded
+        check_split(split)
     backbone = backbone or load_backbone(cfg.backbone)
     cache = cache or make_cache(cfg.cache_dir, cfg.verify_cache)
+    source = method_source(cfg.method)  # a plugin's package and version (None for a built-in method)
     if work_dir is not None:
-        write_json_atomic(work_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
+        write_json_atomic(work_dir / "config.json", {**cfg.to_dict(), "versions": versions(),
+                                                     **({"method_source": source} if source else {})})
         write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
-    base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
+    recipe = method.recipe  # how the method's original builds its text classifier (methods/text_recipe.py)
+    base = text_classifier_for(task, backbone, recipe)  # t, computed once per run
     train = training_source(cfg, backbone, cache, split, method.aug_scale)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
-                        val_features=val_feats, val_labels=val_labels, progress=cfg.progress)
+                        val_features=val_feats, val_labels=val_labels, progress=cfg.progress, recipe=recipe)
+    ctx.train_for = lambda scale: training_source(cfg, backbone, cache, split, scale)  # --method auto's candidates
     torch.manual_seed(cfg.seed)
     fit_started = time.time()
     classifier = method.fit(ctx)
     fit_seconds = time.time() - fit_started
+    if source:  # saved in the classifier too: loading it where the package is missing says what to install
+        classifier.meta.extra = {**classifier.meta.extra, "method_source": source}
 
     evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
     fewest, most = shots_used(split, task.num_classes)
@@ -316,11 +347,15 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         "num_images": {name: e["num_images"] for name, e in evaluations.items()},
         "num_train": train.num_samples,
         "hparams": classifier.meta.hparams,
+        "text_classifier": recipe.describe(task.name, task.templates),  # the method's own prompts
         "fit_seconds": round(fit_seconds, 3),
         "total_seconds": round(time.time() - started, 3),
         "versions": versions(),
         "evaluation": evaluations,  # per split: top-5, macro, ECE, per class, confusion, zero-shot alike
     }
+    for key, value in (("auto", classifier.meta.extra.get("auto")), ("method_source", source)):
+        if value:  # --method auto's choice and every candidate's val score; a plugin's package
+            metrics[key] = value
     if work_dir is not None:
         save_classifier(classifier, work_dir / "classifier.safetensors")
         write_json_atomic(work_dir / "metrics.json", metrics)
@@ -385,7 +420,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
     rows = class_rows(clf, task.classnames, task.class_ids)
     data = encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
                              f"encoding {split}")
-    zero_shot = backbone.text_classifier(task.classnames, task.templates)  # t of the dataset's classes
+    # t of the dataset's classes, as the run's method builds it
+    zero_shot = text_classifier_for(task, backbone, recipe_of(clf.meta.method, clf.meta.hparams))
     evaluation = evaluate_split(clf, zero_shot, backbone.logit_scale, data, task.classnames, rows)
     return {"dataset": task.name, "split": split, "top1": evaluation["method"]["top1"],
             "num_images": evaluation["num_images"], "class_subset": rows is not None, "method": clf.meta.method,
@@ -394,15 +430,21 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
 
 def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k: int = 5,
             backbone_cfg: BackboneConfig | None = None, backbone: Backbone | None = None,
-            device: str | None = None, precision: str | None = None) -> list[dict]:
-    """Top-k classes with probabilities for each image file (``device`` / ``precision`` as in evaluate)."""
-    if not isinstance(k, int) or k < 1:
+            device: str | None = None, precision: str | None = None, file_list: str | None = None,
+            batch_size: int = 128, num_workers: int | None = None, skip_bad_images: bool = False,
+            progress: bool = False) -> list[dict]:
+    """Top-k classes with probabilities for each image: ``[{"image": path, "top": [(class, p), ...]}, ...]``.
+
+    ``images``: files, or folders (their image files, recursively); ``file_list``: a text file of paths.
+    Unreadable images stop with one line naming them, or with ``skip_bad_images`` get ``"top": None`` and
+    ``"error"``. ``taskres.predictions.json_rows`` / ``write_csv`` give what ``predict --json`` / ``--csv``
+    write. ``device`` / ``precision`` as in evaluate."""
+    from .predictions import image_files, predict_files
+
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"--top must be at least 1, not {k!r}")
+    paths = image_files(list(images), file_list)
     clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
                                              precision=precision)
-    batch = torch.stack([backbone.preprocess(load_image(p)) for p in images])
-    probs = clf.predict_proba(backbone.encode_images(batch))
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [{"image": path, "top": [(clf.classnames[i], float(p)) for p, i in zip(vals.tolist(), ids.tolist())]}
-            for path, vals, ids in zip(images, top.values, top.indices)]
+    return predict_files(clf, backbone, paths, k=k, batch_size=batch_size, num_workers=num_workers,
+                         skip_bad_images=skip_bad_images, progress=progress)

@@ -152,7 +152,13 @@ def load_classifier(path: str | Path) -> Classifier:
     meta = json.loads(raw)
     kind = meta.get("kind")
     if kind not in CLASSIFIERS:
-        raise ClassifierError(f"{path}: unknown classifier kind {kind!r} (known: {', '.join(CLASSIFIERS)})")
+        from .methods import METHODS  # the built-in kinds, and the plugins' (their modules define theirs)
+        from .plugins import missing_plugin_hint
+
+        len(METHODS)  # loads the installed plugins
+        if kind not in CLASSIFIERS:
+            raise ClassifierError(f"{path}: unknown classifier kind {kind!r} (known: {', '.join(CLASSIFIERS)})"
+                                  + missing_plugin_hint((meta.get("extra") or {}).get("method_source")))
     info = ClassifierMeta(meta["classnames"], meta["backbone"], meta["method"], meta.get("class_ids"),
                           meta.get("hparams", {}), meta.get("extra", {}))
     return CLASSIFIERS[kind].from_tensors(tensors, info, meta.get("config", {}))

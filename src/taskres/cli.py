@@ -25,7 +25,7 @@ USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExis
                ValueError)
 # Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
 VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.export",
-                "taskres.published")
+                "taskres.published", "taskres.catalog")
 
 
 def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -103,6 +103,10 @@ def cmd_fit(args) -> int:
         print(f"{m['method']} on {m['dataset']} ({shots_text(m)}, seed {m['seed']}): {split} top-1 = {acc:.2f} "
               f"% ({m['num_images'][split]} images)")
         print("\n".join(summary_lines(m["evaluation"][split])))
+    if m.get("auto"):
+        from .methods.auto import summary_line
+
+        print(summary_line(m["auto"]))
     search = m["hparams"].get("auto_search") if isinstance(m.get("hparams"), dict) else None
     if search:
         c = search["chosen"]
@@ -133,12 +137,22 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .api import predict
+    from .predictions import dump_json, write_csv
 
-    for row in predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args), device=args.device,
-                       precision=args.precision):
-        print(row["image"])
-        for name, p in row["top"]:
-            print(f"  {p:7.2%}  {name}")
+    rows = predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args), device=args.device,
+                   precision=args.precision, file_list=args.file_list, batch_size=args.batch_size,
+                   num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet)
+    if args.csv:
+        print(f"wrote {write_csv(rows, args.csv, args.top)} ({len(rows)} images)", file=sys.stderr)
+    if args.json:  # stdout holds the JSON alone; progress and notes go to stderr
+        print(dump_json(rows))
+    elif not args.csv:
+        for row in rows:
+            print(row["image"])
+            for name, p in row["top"] or []:
+                print(f"  {p:7.2%}  {name}")
+            if row["top"] is None:
+                print(f"  skipped: {row['error']}")
     return 0
 
 
@@ -148,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("fit", help="adapt a backbone to a dataset from K shots and evaluate it")
-    p.add_argument("--method", default="taskres", choices=sorted(METHODS), help="method (default: taskres)")
+    p.add_argument("--method", default="taskres", choices=sorted(METHODS),
+                   help="method (default: taskres; auto: the best on the validation split; taskres methods lists "
+                        "them)")
     add_data_args(p)
     add_backbone_args(p)
     p.add_argument("--shots", type=int, default=None,
@@ -188,8 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top classes with probabilities for image files")
     p.add_argument("run", help="a run folder or a classifier .safetensors file")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="*", help="image files, or folders (their images, recursively)")
+    p.add_argument("--file-list", default=None, metavar="FILE",
+                   help="a text file with one image path per line (relative paths: relative to the file)")
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON array: per image, its path and top classes with probabilities")
+    p.add_argument("--csv", default=None, metavar="OUT",
+                   help="write a CSV: per image, path, class_1, probability_1, ..., error")
+    p.add_argument("--batch-size", type=int, default=128, help="images per encoder batch")
+    p.add_argument("--workers", type=int, default=None, help="image decoding workers (default: automatic)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images with a warning (kept in the output with their error) instead "
+                        "of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_backbone_args(p, defaults=False)
     add_image_limit_arg(p)
     p.set_defaults(func=cmd_predict)

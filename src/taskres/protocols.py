@@ -8,8 +8,8 @@ seed). Each protocol says what a cell does:
 - ``domain``: fit on K shots of the source (ImageNet), top-1 on the source test split and on each target
   (ImageNet-V2, -Sketch, -A, -R); -A and -R use the classifier rows of their 200 classes.
 - ``base2new``: CoCoOp's protocol. The classes are cut in half (first ceil(C/2) = base, the rest = new);
-  fit on the base classes' shots; top-1 on base test images among the base classes, on new test images
-  among the new classes, and their harmonic mean.
+  fit on the base classes' shots (drawn over all classes, then the base half kept, as CoOp); top-1 on base
+  test images among the base classes, on new test images among the new classes, and their harmonic mean.
 
 Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.report`.
 """
@@ -31,7 +31,8 @@ from .backbone import MINI_MODEL, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
-from .methods import METHODS, get_method
+from .methods import METHODS, check_regime, get_method, recipe_of
+from .methods.text_recipe import TASKRES
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
 # The methods of the paper's comparisons, in the paper's order (those absent from METHODS are skipped).
@@ -252,7 +253,8 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
         if "=" not in item:
             raise ValueError(f"--set {item}: expected [METHOD.]KEY=VALUE")
         key, value = item.split("=", 1)
-        method, _, name = key.rpartition(".")
+        # METHOD.KEY at the first dot: auto.taskres.lr is auto's parameter "taskres.lr"
+        method, _, name = key.partition(".") if "." in key else ("", "", key)
         name = name.strip().replace("-", "_")
         if method:
             if method not in sweep.methods:
@@ -292,7 +294,7 @@ def check_sweep(sweep: SweepConfig) -> None:
     if sweep.protocol == "domain" and not sweep.targets:
         raise ValueError("--targets: the domain protocol needs at least one target dataset")
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
-        get_method(m, sweep.method_params.get(m))
+        check_regime(get_method(m, sweep.method_params.get(m)), sweep.regime)
     extra = sorted(set(sweep.method_params) - set(sweep.methods))
     if extra:
         raise ValueError(f"method_params: {', '.join(extra)} not in the sweep's methods")
@@ -336,10 +338,16 @@ class Cell:
             "views": sweep.views if sweep.regime == "cached" else 0, "augment": sweep.augment,
             "allow_fewer_shots": sweep.allow_fewer_shots,
         }
+        source = METHODS.source(self.method)
+        if source is not None:  # a plugin: another version of its package is another result
+            key["method_source"] = source.requirement()
         if self.protocol == "domain":
             key["targets"] = list(sweep.targets)
         if sweep.search_split != "fewshot":  # records made before the option searched the few-shot split
             key["search_split"] = sweep.search_split
+        recipe = recipe_of(self.method, sweep.method_params.get(self.method))
+        if not recipe.builds_like(TASKRES):  # records made with TaskRes's base for every method (issue 19) are stale
+            key["text_recipe"] = recipe.key()
         return key
 
 
@@ -358,7 +366,9 @@ def subset_classes(task: TaskData, labels: list[int]) -> TaskData:
     """The task restricted to ``labels`` (in that order), relabelled 0..len(labels)-1.
 
     Images of other classes are dropped from every split. The name, templates, alpha and lr stay those of
-    the full dataset, so per-dataset defaults still apply; class ids follow their classes.
+    the full dataset, so per-dataset defaults still apply; class ids follow their classes. The few shots of
+    the subset are drawn over the full dataset's classes and then subset (``TaskData.subset_of``), as CoOp
+    draws them, so a seed picks the same images in both.
     """
     if not labels or len(set(labels)) != len(labels):
         raise DatasetError(f"{task.name}: a class subset needs distinct labels, got {labels}")
@@ -374,7 +384,16 @@ def subset_classes(task: TaskData, labels: list[int]) -> TaskData:
         name=task.name, classnames=[task.classnames[y] for y in labels], templates=list(task.templates),
         train=keep(task.train), val=keep(task.val), test=keep(task.test), alpha=task.alpha, lr=task.lr,
         class_ids=[task.class_ids[y] for y in labels] if task.class_ids else None,
-        extra_splits={k: keep(v) for k, v in task.extra_splits.items()})
+        extra_splits={k: keep(v) for k, v in task.extra_splits.items()},
+        subset_of=_full_task_labels(task, labels))
+
+
+def _full_task_labels(task: TaskData, labels: list[int]) -> tuple[TaskData, tuple[int, ...]]:
+    """The full task and its labels kept by a subset of ``task`` (itself maybe a subset): where shots are drawn."""
+    if task.subset_of is None:
+        return task, tuple(labels)
+    full, kept = task.subset_of
+    return full, tuple(kept[y] for y in labels)
 
 
 def base_new_labels(num_classes: int) -> tuple[list[int], list[int]]:
@@ -560,7 +579,8 @@ def run_base2new(cell: Cell, env: CellEnv, run_dir: Path, stage: Path) -> CellOu
     base = result.metrics["top1"]["test"]  # base test images, base classes only
 
     method = get_method(cell.method, sweep.method_params.get(cell.method))
-    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress)
+    new_ctx = build_context(new_task, env.backbone, None, shots=cell.shots, seed=cell.seed, progress=env.progress,
+                            recipe=method.recipe)
     new_clf = classifier_for_new_classes(method, result.classifier, new_ctx)
     details = {"base_classes": base_task.classnames, "new_classes": new_task.classnames,
                "num_images": {"base": result.metrics["num_images"]["test"], "new": 0}}

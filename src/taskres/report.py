@@ -101,13 +101,20 @@ def _sorted_rows(rows: list[dict], datasets_key: str = "dataset") -> list[dict]:
                                        methods.index(r["method"])))
 
 
-def _beside_published(row: dict, figure) -> None:
-    """The published figure of a summary row, its source, our difference to it and whether it is off."""
-    row["published"] = figure.top1 if figure else None
-    row["published_source"] = figure.source if figure else None
-    diff = row["mean"] - figure.top1 if figure and row["mean"] is not None else None
-    row["difference"] = diff
-    row["off"] = diff is not None and abs(diff) > OFF_BY
+def _beside_published(row: dict, figures: list) -> None:
+    """Every published figure of a summary row, each with its source and our difference to it.
+
+    ``off``: the row is more than OFF_BY points from every figure (sources that disagree are each kept, never
+    averaged: a result close to one of them is not marked).
+    """
+    row["published"] = [_figure(row["mean"], f) for f in figures]
+    row["off"] = bool(row["published"]) and all(p["off"] for p in row["published"])
+
+
+def _figure(mean: float | None, figure) -> dict:
+    diff = mean - figure.value if mean is not None else None
+    return {"value": figure.value, "printed": figure.printed, "source": figure.where,
+            "provenance": figure.provenance, "difference": diff, "off": diff is not None and abs(diff) > OFF_BY}
 
 
 def summarise(records: list[dict], failed: list[dict] | None = None,
@@ -128,7 +135,7 @@ def summarise(records: list[dict], failed: list[dict] | None = None,
         row = {"backbone": bb, "dataset": ds, "method": m, "shots": k, "seeds": [g["seed"] for g in group],
                "values": values, "mean": mean, "std": std}
         configs[bb] = group[0].get("backbone_config")
-        _beside_published(row, published.find(m, configs[bb], ds, k) if published else None)
+        _beside_published(row, published.find(m, configs[bb], ds, k) if published else [])
         out.fewshot.append(row)
     out.fewshot = _sorted_rows(out.fewshot)
     for bb in dict.fromkeys(r["backbone"] for r in out.fewshot):
@@ -150,7 +157,7 @@ def summarise(records: list[dict], failed: list[dict] | None = None,
                "complete": len(names) == len(out.datasets[bb])}
         # a published average is over the paper's 11 datasets: only the same 11 stand beside it
         paper = sorted(names) == sorted(PAPER_DATASETS)
-        _beside_published(row, published.find(m, configs[bb], AVERAGE, k) if published and paper else None)
+        _beside_published(row, published.find(m, configs[bb], AVERAGE, k) if published and paper else [])
         out.fewshot_average.append(row)
     out.fewshot_average = _sorted_rows(out.fewshot_average, "backbone")
 
@@ -160,17 +167,24 @@ def summarise(records: list[dict], failed: list[dict] | None = None,
         targets = list(dict.fromkeys(t for g in group for t in g["details"]["targets"]))
         columns = [ds, *targets, "target_average"]
         stats = {c: mean_std([g["scores"].get(c) for g in group]) for c in columns}
+        config = group[0].get("backbone_config")
         out.domain.append({"backbone": bb, "dataset": ds, "method": m, "shots": k, "seeds": [g["seed"] for g in group],
                            "columns": columns, "mean": {c: s[0] for c, s in stats.items()},
-                           "std": {c: s[1] for c, s in stats.items()}})
+                           "std": {c: s[1] for c, s in stats.items()},
+                           "published": {c: [_figure(stats[c][0], f) for f in published.find(m, config, c, k)]
+                                         for c in columns[:-1]} if published else {}})
     out.domain = _sorted_rows(out.domain)
 
     # Base-to-new: base and new over seeds, H of the two means.
     for (bb, ds, m, k), group in _group(by_protocol.get("base2new", []), ("backbone", "dataset", "method",
                                                                           "shots")).items():
         row = {"backbone": bb, "dataset": ds, "method": m, "shots": k, "seeds": [g["seed"] for g in group]}
+        config = group[0].get("backbone_config")
+        row["published"] = {}
         for part in ("base", "new"):
             row[part], row[f"{part}_std"] = mean_std([g["scores"].get(part) for g in group])
+            figures = published.find(m, config, ds, k, f"top1_{part}") if published else []
+            row["published"][part] = [_figure(row[part], f) for f in figures]
         row["hm"] = _hm(row["base"], row["new"])
         out.base2new.append(row)
     out.base2new = _sorted_rows(out.base2new)
@@ -216,23 +230,42 @@ def _off(row: dict) -> str:
     return f" {OFF_MARK}" if row.get("off") else ""
 
 
-def _published_table(backbone: str, rows: list[dict]) -> list[str]:
-    """Our results beside the published figures, for the cells that have one; sources numbered below."""
-    rows = [r for r in rows if r.get("published") is not None]
+def _published_table(title: str, rows: list[dict], first: str = "dataset") -> list[str]:
+    """Our results beside the published figures, one line per figure (a cell that two sources give gets two
+    lines, each with its source), for the cells that have one; the sources numbered below.
+
+    ``rows``: dicts with dataset (the column shown first, named ``first``), method, shots, mean, std and
+    ``published`` (the figures, as :func:`_figure` makes them).
+    """
+    rows = [r for r in rows if r.get("published")]
     if not rows:
         return []
     rows = sorted(rows, key=lambda r: (r["dataset"] == AVERAGE, r["shots"]))
-    sources = list(dict.fromkeys(r["published_source"] for r in rows))
-    body = [[r["dataset"], r["method"], str(r["shots"]), _fmt(r["mean"], r["std"]), f"{r['published']:.2f}",
-             "–" if r["difference"] is None else f"{r['difference']:+.2f}" + _off(r),
-             f"[{sources.index(r['published_source']) + 1}]"] for r in rows]
+    sources = list(dict.fromkeys(f["source"] for r in rows for f in r["published"]))
+    body = [[r["dataset"], r["method"], str(r["shots"]), _fmt(r["mean"], r["std"]), f["printed"],
+             "–" if f["difference"] is None else f"{f['difference']:+.2f}" + (f" {OFF_MARK}" if f["off"] else ""),
+             f"[{sources.index(f['source']) + 1}]"] for r in rows for f in r["published"]]
     off = sum(bool(r["off"]) for r in rows)
-    return [f"### Beside the published figures, {backbone}", "",
+    return [f"### Beside the published figures, {title}", "",
             f"Difference = ours - published; {OFF_MARK}: more than {OFF_BY:g} point away ({off} of {len(rows)} "
-            "cells). Published figures are single numbers from their sources (their seeds and protocol, which "
-            "may differ from this sweep's).", "",
-            *_table(["dataset", "method", "shots", "ours", "published", "difference", "source"], body), "",
+            "cells are that far from every figure given for them). Published figures are single numbers from "
+            "their sources (their seeds and protocol, which may differ from this sweep's); where two sources "
+            "give a cell different figures, both are listed.", "",
+            *_table([first, "method", "shots", "ours", "published", "difference", "source"], body), "",
             *(f"[{i}] {src}" for i, src in enumerate(sources, start=1)), ""]
+
+
+def _domain_beside(group: list[dict]) -> list[dict]:
+    """Domain rows as rows of the published table: one per (method, source or target) with figures."""
+    return [{"dataset": c, "method": r["method"], "shots": r["shots"], "mean": r["mean"][c], "std": r["std"][c],
+             "published": figures, "off": bool(figures) and all(f["off"] for f in figures)}
+            for r in group for c, figures in r.get("published", {}).items()]
+
+
+def _base2new_beside(rows: list[dict]) -> list[dict]:
+    return [{"dataset": f"{r['dataset']} ({part})", "method": r["method"], "shots": r["shots"], "mean": r[part],
+             "std": r[f"{part}_std"], "published": figures, "off": bool(figures) and all(f["off"] for f in figures)}
+            for r in rows for part, figures in r.get("published", {}).items()]
 
 
 def average_label(n: int) -> str:
@@ -276,6 +309,7 @@ def render_markdown(s: Summary) -> str:
             header = ["method", f"{ds} (source)", *columns[1:-1], "target average"]
             lines += _table(header, [[r["method"]] + [_fmt(r["mean"].get(c), r["std"].get(c)) for c in columns]
                                      for r in group]) + [""]
+            lines += _published_table(f"{bb}: {k}-shot {ds} -> targets", _domain_beside(group), "dataset")
     for bb in dict.fromkeys(r["backbone"] for r in s.base2new):
         rows = [r for r in s.base2new if r["backbone"] == bb]
         lines += [f"## Base-to-new generalisation top-1 (%), {bb}", "",
@@ -288,6 +322,7 @@ def render_markdown(s: Summary) -> str:
         body += [[f"average ({len(a['datasets'])})", a["method"], f"{a['shots']}", _fmt(a["base"]), _fmt(a["new"]),
                   _fmt(a["hm"])] for a in s.base2new_average if a["backbone"] == bb]
         lines += _table(["dataset", "method", "shots", "base", "new", "H"], body) + [""]
+        lines += _published_table(f"{bb}: base-to-new", _base2new_beside(rows), "dataset (part)")
     if s.failed:
         shown = s.failed[:MAX_FAILED_LISTED]  # a backbone that cannot load fails every cell alike
         lines += [f"## Failed cells ({len(s.failed)})", ""] + [f"- {f['name']}: {f['error']}" for f in shown]
@@ -335,8 +370,12 @@ def csv_rows(s: Summary) -> list[dict]:
 
 
 def _published_columns(row: dict) -> dict:
-    return {"published": row.get("published"), "difference": row.get("difference"),
-            "published_source": row.get("published_source")}
+    """The figures of a row for the CSV: one value each, several joined by " | " in the sources' order."""
+    figures = row.get("published") or []
+    join = lambda key, fmt: " | ".join(fmt(f[key]) for f in figures) if figures else None  # noqa: E731
+    return {"published": join("printed", str),
+            "difference": join("difference", lambda d: "" if d is None else f"{d:.4f}"),
+            "published_source": join("source", str)}
 
 
 def write_csv(s: Summary, path: Path) -> None:

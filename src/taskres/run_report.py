@@ -220,6 +220,21 @@ def _split_table(evaluations: dict) -> str:
     return table(["split", "classifier", "images", "top-1 %", f"top-{TOP_K} %", "macro %", "ECE %"], rows, left=2)
 
 
+def _auto_section(auto: dict | None) -> str:
+    """--method auto: every candidate's validation score and the one kept."""
+    if not auto:
+        return ""
+    rows = [[("&#10003; " if c["method"] == auto["chosen"] else "") + escape(c["method"]), _pct(c["val_top1"]),
+             str(c["val_correct"]) if c["error"] is None else "", f"{c['fit_seconds']:.1f}",
+             escape(c["error"] or "")] for c in auto["candidates"]]
+    return (f"<section><h2>Method chosen on validation: {escape(auto['chosen'])}</h2>"
+            + table(["candidate", "val top-1 %", f"correct of {auto['val_images']}", "fit s", "error"], rows,
+                    raw=True, left=1)
+            + f"<p class=\"note\">{escape(auto['rule'])}. Candidates in tie-break order; only the validation "
+              "split was used to choose. Methods that search their own settings on the same images arrive with an "
+              "optimistic validation score.</p></section>")
+
+
 def render_run_report(metrics: dict, classifier=None) -> str:
     """The page for a run's metrics (api.fit's) and, when given, its classifier."""
     evaluations = metrics.get("evaluation") or {}
@@ -229,6 +244,7 @@ def render_run_report(metrics: dict, classifier=None) -> str:
              f'<p class="sub">{metrics.get("shots")} shots per class, seed {metrics.get("seed")} &middot; backbone '
              f'{escape(str(bb.get("model")))} ({escape(str(bb.get("pretrained")))}) &middot; '
              f'{metrics.get("num_train")} training images &middot; fitted in {metrics.get("fit_seconds")} s</p>']
+    parts.append(_auto_section(metrics.get("auto")))
     if not evaluations:
         parts.append("<section><p>No evaluated split in metrics.json.</p></section>")
     for i, (name, ev) in enumerate(evaluations.items()):

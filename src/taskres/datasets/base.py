@@ -32,6 +32,10 @@ class TaskData:
     lr: float | None = None  # per-dataset learning-rate default (None: method default)
     class_ids: list[str] | None = None  # stable ids (e.g. WordNet ids) used to map class subsets
     extra_splits: dict[str, list[Sample]] = field(default_factory=dict)
+    # A class subset (base-to-new): the full task and the labels kept, in order. The few shots are drawn over
+    # the full task's classes and then subset, as CoOp does (generate_fewshot_dataset, then
+    # subsample_classes in its datasets/oxford_pets.py), so the same seed draws the same images.
+    subset_of: tuple["TaskData", tuple[int, ...]] | None = None
 
     @property
     def num_classes(self) -> int:

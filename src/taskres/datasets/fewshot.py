@@ -84,6 +84,10 @@ def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bo
     (the shots are drawn alike either way). A dataset without a validation split of its own (ImageNet)
     has no ``full`` one: the originals searched ImageNet's test split, which this project never does.
     """
+    if task.subset_of is not None:  # drawn over every class of the full task, then subset (CoOp's order)
+        full, labels = task.subset_of
+        return subset_split(make_fewshot_split(full, shots, seed, allow_fewer=allow_fewer,
+                                               search_split=search_split), labels)
     if search_split not in SEARCH_SPLITS:
         raise DatasetError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {search_split!r}")
     if search_split == "full" and not task.val:
@@ -107,6 +111,17 @@ def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bo
     val = sample_per_class(val_pool, val_shots, rng, classnames=task.classnames, split_name="val",
                            dataset=task.name, strict=False)
     return FewShotSplit(shots, seed, train, val)
+
+
+def subset_split(split: FewShotSplit, labels) -> FewShotSplit:
+    """The split's images of ``labels``, in their order in the split, relabelled 0..len(labels)-1 in the order of
+    ``labels`` (CoOp's ``subsample_classes``)."""
+    new_label = {old: new for new, old in enumerate(labels)}
+
+    def keep(samples: list[Sample]) -> list[Sample]:
+        return [Sample(s.path, new_label[s.label]) for s in samples if s.label in new_label]
+
+    return FewShotSplit(split.shots, split.seed, keep(split.train), keep(split.val), split.search_split)
 
 
 def save_split(split: FewShotSplit, path: Path) -> None:

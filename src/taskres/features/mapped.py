@@ -59,3 +59,8 @@ class MappedViews(_ViewChoice):
                 sel = np.flatnonzero(choice == v)
                 out[torch.from_numpy(sel)] = self.mapped[v].rows(rows[sel])
         return out.to(self.device, non_blocking=True)
+
+    def view_rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of view ``view`` as float32 on the CPU, read from its shards (as CachedViews.view_rows)."""
+        idx = idx.cpu().numpy()
+        return self.mapped[view].rows(idx if self._rows is None else self._rows[idx])

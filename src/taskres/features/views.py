@@ -53,3 +53,7 @@ class CachedViews(_ViewChoice):
         if self.num_views == 1:
             return self.views[0, idx]
         return self.views[self.view_choice(epoch)[idx], idx]
+
+    def view_rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of view ``view`` as float32 on the CPU (what the one-pass methods read, chunk by chunk)."""
+        return self.views[view, idx.cpu()].float().cpu()

@@ -1,9 +1,15 @@
-"""Method registry: an explicit mapping from ``--method`` names to method classes."""
+"""Method registry: an explicit mapping from ``--method`` names to method classes, plus installed plugins.
+
+``BUILTIN_METHODS`` is the explicit table of the methods shipped here; ``METHODS`` is that table followed by
+the methods other packages declare as ``taskres.methods`` entry points (taskres.plugins), loaded on first use.
+"""
 
 from __future__ import annotations
 
 from ..classifier import CLASSIFIERS
-from .base import FitContext, Method, TrainingError, parse_overrides, validate_params
+from ..plugins import MethodTable
+from .auto import AutoMethod
+from .base import FitContext, Method, TrainingError, check_regime, parse_overrides, validate_params
 from .clap import CLAP
 from .clip_adapter import ClipAdapter
 from .coop import CoOp
@@ -11,11 +17,12 @@ from .gda import GDA
 from .linear_probe import LinearProbe
 from .lpp import LPP
 from .taskres import TaskRes
+from .text_recipe import TASKRES, TextRecipe
 from .taskres_enhanced import TaskResEnhanced
 from .tip_adapter import TipAdapter, TipAdapterF
 from .zeroshot import ZeroShot, ZeroShotEnsemble
 
-METHODS: dict[str, type[Method]] = {
+BUILTIN_METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShot,
     "zeroshot_ens": ZeroShotEnsemble,
     "taskres": TaskRes,
@@ -29,7 +36,10 @@ METHODS: dict[str, type[Method]] = {
     "lpp": LPP,
     "gda": GDA,
     "clap": CLAP,
+    # chooses among the cached-feature methods on the validation split (issue 22)
+    "auto": AutoMethod,
 }
+METHODS = MethodTable(BUILTIN_METHODS)  # the built-ins, then the installed plugins (taskres.plugins)
 
 # The classifier kinds that load_classifier understands register themselves (taskres.classifier.CLASSIFIERS)
 # as the method modules above define them; it is re-exported here for callers that look for it beside METHODS.
@@ -37,8 +47,12 @@ METHODS: dict[str, type[Method]] = {
 
 def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown --method {name!r}; choose from {', '.join(METHODS)}")
+        why = METHODS.problems.get(name)
+        raise ValueError(why or f"unknown --method {name!r}; choose from {', '.join(METHODS)}")
     cls = METHODS[name]
+    build = getattr(cls, "from_overrides", None)
+    if build is not None:  # a method whose parameters are not one flat dataclass (auto: its candidates' too)
+        return build(overrides)
     try:
         params = cls.Params(**parse_overrides(cls.Params, overrides))
     except TypeError as exc:  # a dict of overrides from the Python API with a key the Params do not take
@@ -47,5 +61,11 @@ def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     return cls(params)
 
 
-__all__ = ["CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "get_method", "parse_overrides",
-           "validate_params"]
+def recipe_of(name: str, hparams: dict | None = None) -> TextRecipe:
+    """The text recipe of a saved run's method (TaskRes's base for a method this registry does not know)."""
+    cls = METHODS.get(name)
+    return TASKRES if cls is None else cls.recipe_for(hparams)
+
+
+__all__ = ["BUILTIN_METHODS", "CLASSIFIERS", "METHODS", "FitContext", "Method", "TrainingError", "check_regime",
+           "get_method", "parse_overrides", "recipe_of", "validate_params"]

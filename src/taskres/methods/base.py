@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ..classifier import Classifier, ClassifierMeta
+from .text_recipe import TASKRES, TextRecipe
 
 log = logging.getLogger("taskres")
 
@@ -26,9 +27,9 @@ class TrainingError(RuntimeError):
 @dataclass
 class FitContext:
     task_name: str
-    classnames: list[str]
-    templates: list[str]
-    text_classifier: torch.Tensor  # t [C, D]: template mean of unnormalised text embeddings
+    classnames: list[str]  # the dataset's class names: what the classifier saves and a user sees
+    templates: list[str]  # the templates the method's text recipe prompts with on this dataset
+    text_classifier: torch.Tensor  # t [C, D], built by the method's text recipe (TaskRes: unnormalised mean)
     logit_scale: float  # CLIP's (log) temperature; logits use exp(logit_scale)
     train: Any  # CachedViews | OnlineAugmented: .features(idx, epoch), .labels, .num_samples, .dim
     shots: int
@@ -41,6 +42,32 @@ class FitContext:
     dataset_lr: float | None = None
     backbone: Any = None  # the Backbone, for methods that go through the text encoder (CoOp, TaskRes*)
     progress: bool = True
+    # aug_scale -> a fresh training source at that crop (taskres.fit sets it): --method auto fits candidates
+    # whose reference crops differ from the one ``train`` was made with
+    train_for: Callable[[Any], Any] | None = None
+    prompt_classnames: list[str] | None = None  # the names the method prompts with (None: ``classnames``)
+    text_recipe: TextRecipe | None = None  # the recipe that built ``text_classifier`` (None: not said)
+    dataset_templates: list[str] | None = None  # the dataset's own templates (None: ``templates``)
+
+    def __post_init__(self):
+        if self.prompt_classnames is None:
+            self.prompt_classnames = list(self.classnames)
+
+    def with_recipe(self, recipe: TextRecipe) -> "FitContext":
+        """This context as a method of ``recipe`` must see it (its prompt names, templates, text classifier).
+
+        The same context when it already follows ``recipe`` or does not say which recipe built it (a context
+        made by hand); else the classifier is built again through ``backbone``. For a caller that hands one
+        context to several methods (a method that fits others)."""
+        if self.text_recipe is None or recipe.builds_like(self.text_recipe):
+            return self
+        if self.backbone is None:
+            raise TrainingError(f"the text classifier follows {self.text_recipe.source}, the method needs "
+                                f"{recipe.source}, and no backbone was given to build it")
+        own = self.dataset_templates if self.dataset_templates is not None else self.templates
+        names, templates = recipe.prompt_names(self.classnames), recipe.task_templates(self.task_name, own)
+        return dataclasses.replace(self, prompt_classnames=names, templates=templates, text_recipe=recipe,
+                                   text_classifier=recipe.build(self.encode_texts, names, templates))
 
     @property
     def num_classes(self) -> int:
@@ -69,10 +96,31 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = dict
     description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the paper it reproduces (``taskres methods`` lists it)
     # The RandomResizedCrop area range of the method's training views, as its reference code crops them;
     # None: the un-augmented test transform. Default: Dassl's INPUT.RRCROP_SCALE (dassl/config/defaults.py),
     # the crop of every CoOp-based code base (TaskRes, CoOp, CLIP-Adapter, CLAP).
     aug_scale: ClassVar[tuple[float, float] | None] = (0.08, 1.0)
+    # Why the method cannot train in the online regime (fresh augmentation through the encoder at every step),
+    # or "" where it can: a method that reads its training images once, as cached views (training-free or
+    # full-batch, as its reference code does), has no step to augment afresh.
+    no_online: ClassVar[str] = ""
+    # True where ``train_views="all"`` makes the method hold every cached view in memory at once (full-batch
+    # steps on V x N rows): refused with memory-mapped views, which exist to avoid exactly that.
+    all_views_in_memory: ClassVar[bool] = False
+    # How the method's original builds its zero-shot text classifier (methods/text_recipe.py). Default:
+    # TaskRes's base, which methods that use no text (the linear probe) get for their zero-shot column.
+    text_recipe: ClassVar[TextRecipe] = TASKRES
+
+    @classmethod
+    def recipe_for(cls, hparams: dict | None = None) -> TextRecipe:
+        """The text recipe of a run with these parameters (a method whose recipe is a parameter overrides)."""
+        return cls.text_recipe
+
+    @property
+    def recipe(self) -> TextRecipe:
+        params = self.params
+        return self.recipe_for(dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params)
 
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
@@ -80,6 +128,15 @@ class Method:
     def resolved_params(self, ctx: FitContext) -> Any:
         """The parameters with dataset/backbone dependent defaults filled in (override when needed)."""
         return self.params
+
+
+def check_regime(method: Method, regime: str, memory_map: bool = False) -> None:
+    """Refuse, in one line, a regime the method cannot honour (rather than training on something else)."""
+    if regime == "online" and method.no_online:
+        raise ValueError(f"--regime online: {method.name} {method.no_online}; use --regime cached")
+    if memory_map and method.all_views_in_memory and getattr(method.params, "train_views", None) == "all":
+        raise ValueError(f"--set train_views=all with --memory-map: {method.name} holds every cached view in memory "
+                         "at once; use train_views=mean or one, or drop --memory-map")
 
 
 def parse_overrides(params_cls: type, items: list[str] | dict | None) -> dict:

@@ -14,7 +14,8 @@ Lagrangian multiplier after its one outer step from the zero-shot solution. Ever
 (jusiro/CLAP trainers/adapters.py, ``INIT=ZS CONSTRAINT=l2`` as its README and experiments/experiment_CLAP.txt
 run it):
 - t: the template mean of unnormalised text embeddings (``_get_base_text_features``; on ImageNet the 7
-  "select" templates and "a photo of a {}.", the same 8 as ours), i.e. ``ctx.text_classifier``;
+  "select" templates and "a photo of a {}.", the same 8 as ours), class names as written (no "_" replaced),
+  i.e. ``ctx.text_classifier`` (``text_recipe``, TaskRes's);
 - the multipliers from the zero-shot softmax on the augmented training features (``init_lagrangian_
   multipliers``), fixed during training: the release's outer step (``outer_step``) runs only for a
   constraint named "adaptative", which no released script uses; ``multipliers="adaptive"`` runs it after
@@ -37,8 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
+from . import text_recipe as recipes
 from .base import FitContext, Method
-from .common import LinearClassifier, check_classes, check_epochs, require_positive, train_matrix
+from .common import LinearClassifier, TrainSamples, check_classes, check_epochs, require_positive
 from .training import Schedule, check_finite
 
 CONSTRAINTS = ("l2", "none")
@@ -62,9 +64,26 @@ class CLAPParams:
 def zero_shot_confidence(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, logit_scale: float,
                          num_classes: int) -> torch.Tensor:
     """lambda_c: the mean zero-shot probability of class c over the class-c samples."""
+    sums, counts = own_class_probability(x, y, text, logit_scale, num_classes)
+    return sums / counts.clamp(min=1)
+
+
+def own_class_probability(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, logit_scale: float,
+                          num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class c: the sum of the zero-shot probability of c over the class-c samples, and their count."""
     probs = torch.softmax(logit_scale_exp(logit_scale) * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).t(), 1)
     one_hot = F.one_hot(y, num_classes).to(probs.dtype)
-    return (probs * one_hot).sum(dim=0) / one_hot.sum(dim=0).clamp(min=1)
+    return (probs * one_hot).sum(dim=0), one_hot.sum(dim=0)
+
+
+def streamed_confidence(samples: TrainSamples, text: torch.Tensor, logit_scale: float,
+                        num_classes: int) -> torch.Tensor:
+    """zero_shot_confidence over every sample, read chunk by chunk (sums in float64)."""
+    sums, counts = torch.zeros(num_classes, dtype=torch.float64), torch.zeros(num_classes, dtype=torch.float64)
+    for x, y in samples.chunks():
+        s, c = own_class_probability(x, y, text, logit_scale, num_classes)
+        sums, counts = sums + s.double(), counts + c.double()
+    return (sums / counts.clamp(min=1)).float()
 
 
 def outer_step(multipliers: torch.Tensor, penalty: torch.Tensor,
@@ -77,9 +96,13 @@ def outer_step(multipliers: torch.Tensor, penalty: torch.Tensor,
 @dataclass
 class CLAP(Method):
     name = "clap"
+    paper = ('Silva-Rodriguez et al., "A Closer Look at the Few-Shot Adaptation of Large Vision-Language Models"'
+             ', CVPR 2024')
     Params = CLAPParams
     description = "CLAP: zero-shot-initialised linear probe, per-class penalty towards the text prototypes"
+    text_recipe = recipes.CLAP  # raw names and TaskRes's unnormalised mean
     aug_scale = (0.08, 1.0)  # SGD_lr1e-1_B256_ep300.yaml random_resized_crop at Dassl's RRCROP_SCALE
+    no_online = "trains on augmented passes encoded once (epochs_aumentation; here --views), as released"
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or self.Params()
@@ -92,14 +115,14 @@ class CLAP(Method):
         if params.multipliers not in MULTIPLIERS:
             raise ValueError(f"--set multipliers must be one of {', '.join(MULTIPLIERS)}, "
                              f"not {params.multipliers!r}")
-        x, y = train_matrix(ctx, "all")  # every cached view is a sample
+        samples = TrainSamples(ctx, "all")  # every cached view is a sample, read by batch (memory-mapped or not)
+        y = samples.labels
         check_classes(ctx, y)
-        x = F.normalize(x, dim=-1)  # the logits normalise f; doing it once is the same
         text = ctx.text_classifier.float().cpu()
         scale = logit_scale_exp(ctx.logit_scale)
         c = ctx.num_classes
         constrained = params.constraint == "l2"
-        multipliers = zero_shot_confidence(x, y, text, ctx.logit_scale, c) if constrained else torch.zeros(c)
+        multipliers = streamed_confidence(samples, text, ctx.logit_scale, c) if constrained else torch.zeros(c)
         initial_multipliers = multipliers.clone()
         penalty = torch.zeros(c)
 
@@ -119,7 +142,8 @@ class CLAP(Method):
                 idx = perm[b * params.batch_size:(b + 1) * params.batch_size]
                 if len(idx) == 0:
                     break
-                loss = F.cross_entropy(scale * x[idx] @ F.normalize(weight, dim=-1).t(), y[idx])
+                x = F.normalize(samples.rows(idx), dim=-1)
+                loss = F.cross_entropy(scale * x @ F.normalize(weight, dim=-1).t(), y[idx])
                 if constrained:
                     loss = loss + (multipliers * (weight - text).pow(2).sum(dim=1)).mean()
                 opt.zero_grad(set_to_none=True)

@@ -15,8 +15,8 @@ per-cell length (scripts: rn50_ep50 for 1 shot, rn50_ep100 for 2/4, rn50 (200) f
 ImageNet run; ``coop_epochs``), and the views are Dassl's RandomResizedCrop 0.08-1. Not the release's
 behaviour, or not checked: the paper reports tuning r per dataset, but its per-dataset values could not be
 read here (the repository's Adapter.pdf is not in the stored snapshot), so ``CLIP_ADAPTER_RATIOS`` holds the
-released code's 0.2 for every dataset (``--set ratio=`` changes it); the release's ImageNet text classifier
-is the single prompt "a photo of a {}.", ours the dataset's templates (an 8-template ensemble on ImageNet).
+released code's 0.2 for every dataset (``--set ratio=`` changes it). The text classifier is the release's
+(``text_recipe``: names with spaces, the dataset's one template, "a photo of a {}." on ImageNet).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import Classifier, ClassifierMeta, cosine_logits
+from . import text_recipe as recipes
 from .base import FitContext, Method
 from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
 from .coop import coop_epochs
@@ -101,8 +102,10 @@ def init_linear(out_dim: int, in_dim: int, generator: torch.Generator) -> torch.
 @dataclass
 class ClipAdapter(Method):
     name = "clip_adapter"
+    paper = 'Gao et al., "CLIP-Adapter: Better Vision-Language Models with Feature Adapters", IJCV 2023'
     Params = ClipAdapterParams
     description = "CLIP-Adapter: residual bottleneck MLP on the image features, frozen text classifier"
+    text_recipe = recipes.CLIP_ADAPTER  # names with spaces, one template ("a photo of a {}." on ImageNet)
 
     def resolved_params(self, ctx: FitContext) -> ClipAdapterParams:
         params = self.params or ClipAdapterParams()

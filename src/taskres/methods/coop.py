@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import ClassifierMeta, CosineClassifier
+from . import text_recipe as recipes
 from .base import FitContext, Method, TrainingError
 from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
 from .text_encoder import TextTower
@@ -188,8 +189,10 @@ def training_tower(tower: TextTower, precision: str) -> TextTower:
 @dataclass
 class CoOp(Method):
     name = "coop"
+    paper = 'Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022'
     Params = CoOpParams
     description = "CoOp: 16 learned context vectors through the frozen text encoder (SGD, cosine)"
+    text_recipe = recipes.COOP  # prompts the names with spaces
 
     def resolved_params(self, ctx: FitContext) -> CoOpParams:
         params = self.params or CoOpParams()
@@ -200,7 +203,7 @@ class CoOp(Method):
 
     def make_learner(self, tower: TextTower, ctx: FitContext, params: CoOpParams) -> PromptLearner:
         """The prompt learner that ``fit`` trains (the parity check overrides it to set the starting context)."""
-        return PromptLearner(tower, ctx.classnames, params, ctx.seed)
+        return PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
 
     def fit(self, ctx: FitContext) -> CosineClassifier:
         params = self.resolved_params(ctx)
@@ -246,7 +249,7 @@ class CoOp(Method):
         # the prompts of the new names go through the text encoder in the precision the context was learned in
         params = replace(self.resolved_params(ctx), precision=classifier.meta.hparams.get("precision", "fp32"))
         tower = training_tower(TextTower(ctx.backbone), params.precision)
-        learner = PromptLearner(tower, ctx.classnames, params, ctx.seed)
+        learner = PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
         if learner.ctx.shape != classifier.context.shape:
             raise TrainingError(f"CoOp: the classifier has {classifier.context.shape[0]} context vectors, the "
                                 f"settings give {learner.n_ctx}")

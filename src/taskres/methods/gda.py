@@ -15,8 +15,8 @@ cached augmented view (the release stacks augment_epoch = 10 passes, configs/few
 scale 0.5-1, main_few_shots.py train_tranform). Since both terms are linear in f, the export is one
 ``LinearClassifier``. Not the release's behaviour: alpha is searched on the split ``--search-split`` names
 (min(K, 4) per class by default; the release searches the whole val split, ``full``, and on ImageNet the test
-set, which this project never does); the text weights are the template mean of unnormalised embeddings,
-normalised (the release normalises each template first: the same for the single-template datasets).
+set, which this project never does). The text weights are the release's ``clip_classifier`` (``text_recipe``:
+names with spaces, its 7 ImageNet templates, each normalised).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
+from . import text_recipe as recipes
 from .base import FitContext, Method
-from .common import (LinearClassifier, accuracy, check_classes, has_val, normalized_text, train_matrix,
-                     warn_no_val)
+from .common import (ClassMoments, LinearClassifier, TrainSamples, accuracy, check_classes, class_moments, has_val,
+                     normalized_text, warn_no_val)
 
 
 @dataclass
@@ -42,14 +43,15 @@ class GDAParams:
 
 
 def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means, the shared shrunk precision, and the resulting linear head (W [C, D], b [C])."""
-    x = x.double()
-    counts = torch.bincount(y, minlength=num_classes).clamp(min=1).to(x.dtype)
-    mus = F.one_hot(y, num_classes).to(x.dtype).t() @ x / counts[:, None]
-    centred = x - mus[y]
-    n, d = centred.shape
-    cov = centred.t() @ centred / max(n - 1, 1)  # sample covariance S (the class means already removed)
-    precision = d * torch.linalg.pinv((n - 1) * cov + torch.trace(cov) * torch.eye(d, dtype=x.dtype))
+    """Class means, the shared shrunk precision, and the resulting linear head (W [C, D], b [C]) of samples x."""
+    return gda_head_from_moments(class_moments(lambda: [(x, y)], num_classes, normalize=False), num_classes)
+
+
+def gda_head_from_moments(moments: ClassMoments, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared shrunk precision from the class moments, and the resulting linear head (W [C, D], b [C])."""
+    mus, n, d = moments.means, moments.num_samples, moments.means.shape[1]
+    cov = moments.scatter / max(n - 1, 1)  # sample covariance S (the class means already removed)
+    precision = d * torch.linalg.pinv((n - 1) * cov + torch.trace(cov) * torch.eye(d, dtype=cov.dtype))
     weight = mus @ precision
     bias = math.log(1.0 / num_classes) - 0.5 * (weight * mus).sum(dim=1)
     return weight.float(), bias.float()
@@ -58,15 +60,18 @@ def gda_head(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.
 @dataclass
 class GDA(Method):
     name = "gda"
+    paper = 'Wang et al., "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation", ICLR 2024'
     Params = GDAParams
     description = "GDA: training-free Gaussian discriminant analysis blended with zero-shot CLIP"
+    text_recipe = recipes.GDA  # spaces, 7 ImageNet templates, each normalised
     aug_scale = (0.5, 1.0)  # main_few_shots.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+    no_online = "is training-free: its class statistics come from the augmented passes encoded once (--views)"
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or GDAParams()
-        x, y = train_matrix(ctx, params.train_views)
-        check_classes(ctx, y)
-        weight, bias = gda_head(F.normalize(x, dim=-1), y, ctx.num_classes)
+        samples = TrainSamples(ctx, params.train_views)  # streamed: memory-mapped views are never all loaded
+        check_classes(ctx, samples.labels)
+        weight, bias = gda_head_from_moments(class_moments(samples.chunks, ctx.num_classes), ctx.num_classes)
         text = normalized_text(ctx)
         scale = logit_scale_exp(ctx.logit_scale)
         val_acc = None

@@ -97,9 +97,12 @@ def search_c(search: _Search, grid: list[float], steps: int) -> float:
 @dataclass
 class LinearProbe(Method):
     name = "linear_probe"
+    paper = ('Radford et al., "Learning Transferable Visual Models From Natural Language Supervision"'
+             ', ICML 2021 (appendix A.3), as CoOp runs it')
     Params = LinearProbeParams
     description = "linear-probe CLIP: L2 logistic regression (L-BFGS), C searched on the val split"
     aug_scale = None  # lpclip/feat_extractor.py: build_transform(cfg, is_train=False), the test transform
+    no_online = "encodes each training image once, under the test transform (lpclip), and fits on those features"
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LinearProbeParams()

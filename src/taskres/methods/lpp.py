@@ -22,9 +22,8 @@ gradient, the textbook block-coordinate step.
 The training features are one augmented view per image, as its single pass over the augmented loader, cropped
 with scale 0.5-1 (main.py train_tranform). Not the release's behaviour: the epoch is selected on the split
 ``--search-split`` names (main.py draws K images per class from the val split: ``generate_fewshot_dataset_(
-shots, split="val")``; ``fewshot`` takes min(K, 4), ``full`` the whole split); the text weights are the
-template mean of unnormalised embeddings, normalised (the release normalises each template first: the same
-for the single-template datasets).
+shots, split="val")``; ``fewshot`` takes min(K, 4), ``full`` the whole split). The text weights are the
+release's ``clip_classifier`` (``text_recipe``: names with spaces, its 7 ImageNet templates, each normalised).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import text_recipe as recipes
 from .base import FitContext, Method
 from .common import (LinearClassifier, accuracy, check_classes, check_epochs, has_val, normalized_text,
                      train_matrix, warn_no_val)
@@ -72,9 +72,13 @@ def init_alpha(scores: torch.Tensor, y: torch.Tensor, num_classes: int, scale: f
 @dataclass
 class LPP(Method):
     name = "lpp"
+    paper = 'Huang et al., "LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP", CVPR 2024'
     Params = LPPParams
     description = "LP++: linear probe blended with learnable per-class text weights, data-driven step sizes"
+    text_recipe = recipes.LPP  # spaces, 7 ImageNet templates, each normalised
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+    no_online = "fits full batch on one augmented pass encoded once, as released"
+    all_views_in_memory = True  # train_views=all: full-batch steps on every view
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LPPParams()

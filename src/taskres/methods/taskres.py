@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..classifier import CosineClassifier, logit_scale_exp
 from . import autotune
 from .autotune import check_auto_params
+from . import text_recipe as recipes
 from .base import FitContext, Method
 from .fused import available as fused_available
 from .products import check_choice, choose_products
@@ -240,8 +241,10 @@ class _NormalisedSource:
 @dataclass
 class TaskRes(Method):
     name = "taskres"
+    paper = 'Yu et al., "Task Residual for Tuning Vision-Language Models", CVPR 2023'
     Params = TaskResParams
     description = "Task Residual Tuning: t' = t + alpha * x, x learned from the few shots"
+    text_recipe = recipes.TASKRES  # raw names, the dataset's templates, the unnormalised mean
 
     def resolved_params(self, ctx: FitContext) -> TaskResParams:
         params = self.params or TaskResParams()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import CosineClassifier, logit_scale_exp
+from . import text_recipe as recipes
 from .base import FitContext, Method, TrainingError
 from .common import check_epochs, has_val, run_epochs, warn_no_val
 from .taskres import TaskRes, TaskResParams
@@ -67,7 +68,7 @@ def enhanced_base(ctx: FitContext, params: TaskResEnhancedParams) -> tuple[torch
     if weight0 is None:
         raise TrainingError(f"backbone {ctx.backbone_identity.get('model')} has no text projection to fine-tune")
     device = tower.device
-    pre = template_mean_pre_projection(tower, ctx.classnames, ctx.templates).to(device)
+    pre = template_mean_pre_projection(tower, ctx.prompt_classnames, ctx.templates).to(device)
     weight0 = weight0.detach().float().clone()
     bias0 = None if bias0 is None else bias0.detach().float().clone()
     scale = logit_scale_exp(ctx.logit_scale)
@@ -125,8 +126,11 @@ def enhanced_base(ctx: FitContext, params: TaskResEnhancedParams) -> tuple[torch
 @dataclass
 class TaskResEnhanced(Method):
     name = "taskres_enhanced"
+    paper = ('Yu et al., "Task Residual for Tuning Vision-Language Models"'
+             ', CVPR 2023 (TaskRes*; the base tuning is ours)')
     Params = TaskResEnhancedParams
     description = "TaskRes*: TaskRes on a base from a text projection fine-tuned on the shots (selected on val)"
+    text_recipe = recipes.TASKRES  # the base recomputed with TaskRes's own prompts
 
     def resolved_params(self, ctx: FitContext) -> TaskResEnhancedParams:
         return TaskRes(self.params or TaskResEnhancedParams()).resolved_params(ctx)

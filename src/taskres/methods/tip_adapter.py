@@ -20,8 +20,8 @@ with s = exp(logit_scale) (100 for CLIP; the reference writes 100). As the relea
 Not the release's behaviour: the search runs on the split ``--search-split`` names (min(K, 4) per class by
 default; ``full`` is the val split the release searches for 10 datasets; its ImageNet script searches the test
 set, which this project never does); Tip-Adapter-F keeps the epoch with the best *validation* accuracy (the
-release picks it on the test set); the release's text classifier normalises each template's embedding before
-averaging (``normalized_text``: the same for the single-template datasets).
+release picks it on the test set). The text classifier is the release's (``text_recipe``: names with spaces,
+its 7 ImageNet templates, each normalised).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import Classifier, ClassifierMeta
+from . import text_recipe as recipes
 from .base import FitContext, Method
 from .common import (StepCosine, accuracy, check_classes, check_epochs, has_val, linspace_grid, normalized_text,
                      require_positive, run_epochs, train_matrix, warn_no_val, zero_shot_logits)
@@ -190,9 +191,12 @@ def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torc
 @dataclass
 class TipAdapter(Method):
     name = "tip_adapter"
+    paper = 'Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification", ECCV 2022'
     Params = TipAdapterParams
     description = "Tip-Adapter: training-free key-value cache of the few shots, alpha/beta searched on val"
+    text_recipe = recipes.TIP_ADAPTER  # spaces, 7 ImageNet templates, each normalised
     aug_scale = (0.5, 1.0)  # main.py train_tranform: RandomResizedCrop(224, scale=(0.5, 1), bicubic)
+    no_online = "is training-free: its cache keys average the augmented passes encoded once (augment_epoch; --views)"
 
     def resolved_params(self, ctx: FitContext) -> TipAdapterParams:
         return resolve_tip_params(self.params or self.Params(), ctx.task_name)
@@ -209,9 +213,13 @@ class TipAdapter(Method):
 @dataclass
 class TipAdapterF(Method):
     name = "tip_adapter_f"
+    paper = TipAdapter.paper
     Params = TipAdapterFParams
     description = "Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (AdamW, 20 epochs; 100 on EuroSAT)"
+    text_recipe = recipes.TIP_ADAPTER  # the same clip_weights as Tip-Adapter
     aug_scale = (0.5, 1.0)  # main.py: train_loader_F uses the same train_tranform (scale 0.5-1)
+    no_online = ("builds its cache keys from the augmented passes encoded once (augment_epoch; --views), which "
+                 "the online regime does not keep (only its key fine-tuning could run online)")
 
     def resolved_params(self, ctx: FitContext) -> TipAdapterFParams:
         return resolve_tip_params(self.params or self.Params(), ctx.task_name)

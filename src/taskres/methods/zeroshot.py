@@ -1,13 +1,13 @@
-"""Zero-shot CLIP: the frozen text classifier, from the dataset's template(s), one template, or TaskRes's
-prompt ensemble.
+"""Zero-shot CLIP: the frozen text classifier, as CoOp's zero-shot trainers build it (KaiyangZhou/CoOp
+trainers/zsclip.py; geekyutao/TaskRes carries the same file).
 
-``templates``:
-- ``dataset`` (default): t itself, the template mean of unnormalised embeddings (an 8-template ensemble on
-  ImageNet, the dataset's one template elsewhere);
-- ``single``: "a photo of a {}." for every dataset;
-- ``ensemble``: TaskRes's ``ZeroshotCLIP2`` (geekyutao/TaskRes trainers/zsclip.py, the trainer its
-  scripts/taskres/zeroshot.sh runs): the 7 ImageNet "select" templates plus the dataset's own template (not
-  added on ImageNet itself), each template's class embeddings normalised, averaged, and normalised again.
+``templates`` picks the text recipe (methods/text_recipe.py), and with it the classifier the run is given:
+- ``dataset`` (default): ``ZeroshotCLIP``: the dataset's own template (CUSTOM_TEMPLATES; "a photo of a {}." on
+  ImageNet and its variants), class names with "_" as spaces, normalised;
+- ``single``: "a photo of a {}." for every dataset, names with spaces;
+- ``ensemble``: ``ZeroshotCLIP2`` (also the trainer TaskRes's scripts/taskres/zeroshot.sh runs): the 7 ImageNet
+  "select" templates plus the dataset's own template (not added on ImageNet itself), each template's class
+  embeddings normalised, averaged, and normalised again, names with spaces.
 ``zeroshot_ens`` is the same method with ``templates=ensemble`` by default, so both can sit in one sweep.
 """
 
@@ -16,62 +16,57 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..backbone import text_classifier
 from ..classifier import CosineClassifier
-from ..datasets.coop import IMAGENET_TEMPLATES
+from . import text_recipe as recipes
 from .base import FitContext, Method
 
-SINGLE_TEMPLATE = "a photo of a {}."
-# TaskRes trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT (the CLIP authors' 7 chosen templates): the
-# first 7 of the 8-template ImageNet ensemble, whose last is "a photo of a {}.".
-IMAGENET_TEMPLATES_SELECT = tuple(IMAGENET_TEMPLATES[:7])
-TEMPLATE_CHOICES = ("dataset", "single", "ensemble")
+SINGLE_TEMPLATE = recipes.PHOTO[0]
+# CoOp trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT (the CLIP authors' 7 chosen templates): the
+# first 7 of the 8-template ImageNet ensemble, whose last is "a photo of a {}." (tested).
+IMAGENET_TEMPLATES_SELECT = recipes.IMAGENET_SELECT
+# --set templates=<choice> -> the text recipe it means
+TEMPLATE_RECIPES = {"dataset": recipes.ZEROSHOT_CLIP, "single": recipes.SINGLE_PHOTO,
+                    "ensemble": recipes.ZEROSHOT_CLIP2}
+TEMPLATE_CHOICES = tuple(TEMPLATE_RECIPES)
 
 
 def ensemble_templates(task_name: str, dataset_templates: list[str]) -> list[str]:
-    """ZeroshotCLIP2's templates: the 7 select ones, then the dataset's own (CUSTOM_TEMPLATES) unless it is
-    ImageNet. Our ImageNet variants carry the 8-template ensemble, whose one template outside the 7 is their
-    CUSTOM_TEMPLATES entry "a photo of a {}.", so the dataset's templates not already among the 7 are added."""
-    templates = list(IMAGENET_TEMPLATES_SELECT)
-    if task_name != "imagenet":
-        templates += [t for t in dataset_templates if t not in IMAGENET_TEMPLATES_SELECT]
-    return templates
+    """ZeroshotCLIP2's templates on a dataset whose own templates are ``dataset_templates``."""
+    return recipes.ZEROSHOT_CLIP2.task_templates(task_name, dataset_templates)
 
 
 def normalized_template_mean(encode_texts, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """mean_k normalize(g(template_k(c))), normalised: per-template normalisation, as zsclip.py."""
-    total = 0
-    for template in templates:
-        total = total + F.normalize(encode_texts([template.format(c) for c in classnames]).float(), dim=-1)
-    return F.normalize(total / len(templates), dim=-1)
+    return recipes.ZEROSHOT_CLIP2.build(lambda texts: encode_texts(texts).float(), classnames, templates)
 
 
 @dataclass
 class ZeroShotParams:
-    templates: str = "dataset"  # "dataset" | "single" | "ensemble" (TaskRes's ZeroshotCLIP2)
+    templates: str = "dataset"  # "dataset" (ZeroshotCLIP) | "single" | "ensemble" (ZeroshotCLIP2)
 
 
 @dataclass
 class ZeroShot(Method):
     name = "zeroshot"
+    paper = ('Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (CLIP), '
+             'ICML 2021')
     Params = ZeroShotParams
-    description = "zero-shot CLIP with the dataset's prompt template(s)"
+    description = "zero-shot CLIP as CoOp's ZeroshotCLIP: the dataset's prompt template, names with spaces"
+    text_recipe = recipes.ZEROSHOT_CLIP
+
+    @classmethod
+    def recipe_for(cls, hparams: dict | None = None):
+        choice = (hparams or {}).get("templates", cls.Params().templates)
+        if choice not in TEMPLATE_RECIPES:
+            raise ValueError(f"--set templates must be one of {', '.join(TEMPLATE_CHOICES)}, not {choice!r}")
+        return TEMPLATE_RECIPES[choice]
 
     def fit(self, ctx: FitContext) -> CosineClassifier:
+        """Nothing to learn: the text classifier the run was given, built by ``self.recipe``."""
         params = self.params or self.Params()
-        if params.templates == "single":
-            base = text_classifier(ctx.encode_texts, ctx.classnames, [SINGLE_TEMPLATE])
-        elif params.templates == "dataset":
-            base = ctx.text_classifier
-        elif params.templates == "ensemble":
-            base = normalized_template_mean(ctx.encode_texts, ctx.classnames,
-                                            ensemble_templates(ctx.task_name, ctx.templates))
-        else:
-            raise ValueError(f"--set templates must be one of {', '.join(TEMPLATE_CHOICES)}, "
-                             f"not {params.templates!r}")
-        return CosineClassifier(ctx.meta(self.name, params), base, None, 0.0, ctx.logit_scale)
+        ctx = ctx.with_recipe(self.recipe_for({"templates": params.templates}))  # an unknown choice fails here
+        return CosineClassifier(ctx.meta(self.name, params), ctx.text_classifier, None, 0.0, ctx.logit_scale)
 
     def classifier_for_new_classes(self, classifier, ctx: FitContext) -> CosineClassifier:
         """Nothing is learned: the same recipe on the new class names (base-to-new)."""
@@ -87,4 +82,5 @@ class ZeroShotEnsembleParams(ZeroShotParams):
 class ZeroShotEnsemble(ZeroShot):
     name = "zeroshot_ens"
     Params = ZeroShotEnsembleParams
-    description = "zero-shot CLIP with TaskRes's prompt ensemble (ZeroshotCLIP2: 7 ImageNet templates + the dataset's)"
+    description = "zero-shot CLIP as CoOp's ZeroshotCLIP2: 7 ImageNet templates + the dataset's, each normalised"
+    text_recipe = recipes.ZEROSHOT_CLIP2
