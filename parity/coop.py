@@ -15,6 +15,10 @@ path moved to the CPU); tests/test_coop.py holds taskres's ``precision=fp16`` / 
 round-off, and to a few ulps without taskres's two shortcuts (prefix pass, batch order). Two goldens: ``coop``
 (16 random context vectors, generic, class token at the end: the few-shot table's setting) and
 ``coop_words`` (a context initialised from words, one of which BPE splits into two tokens).
+
+Snapshots used: KaiyangZhou/CoOp ff61507 (Oct 2022) and KaiyangZhou/Dassl.pytorch c61a1b5. Besides the dev
+extra the script needs ``yacs`` and ``tabulate`` (pip); the imports of Dassl it never uses (tensorboard, gdown,
+wilds, scikit-learn, pandas) are stubbed. Regenerating gives the same bytes on the machine that made them.
 """
 
 from __future__ import annotations
