@@ -248,12 +248,16 @@ def run_epochs(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
                source, schedule: Schedule | StepCosine, optimizer: torch.optim.Optimizer, *, batch_size: int,
                seed: int, progress: bool = True, desc: str = "training",
                on_epoch_end: Callable[[int], None] | None = None,
-               device: torch.device | None = None, keep_partial: bool = False) -> list[float]:
+               device: torch.device | None = None, keep_partial: bool = False,
+               dtype: torch.dtype | None = None, scaler=None) -> list[float]:
     """Mini-batch training with any optimiser; the batches are those of the shared ``train_loop``.
 
     ``schedule`` is the reference per-epoch warm-up + cosine (``Schedule``) or a per-step cosine
-    (``StepCosine``). Batches are moved to ``device`` (default: the first parameter's); ``keep_partial``
-    keeps the last short batch (``epoch_batches``). Returns the mean loss of each epoch.
+    (``StepCosine``). Batches are moved to ``device`` (default: the first parameter's) in ``dtype`` (the
+    precision the method trains in; default: float32, float64 kept as float64); ``keep_partial`` keeps the last
+    short batch (``epoch_batches``). ``scaler``: a ``torch.amp.GradScaler`` scales the loss before the
+    backward pass and skips steps whose gradients overflow (mixed precision, as ``torch.cuda.amp`` code does).
+    Returns the mean loss of each epoch.
     """
     from tqdm.auto import tqdm
 
@@ -273,11 +277,17 @@ def run_epochs(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor
                 for group in optimizer.param_groups:
                     group["lr"] = schedule.lr_at_step(global_step)
             feats, labels = source.features(idx, epoch).to(device), source.labels[idx].to(device)
-            loss = loss_fn(working_float(feats), labels)
+            loss = loss_fn(working_float(feats) if dtype is None else feats.to(dtype), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check_finite(loss, epoch, step)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                check_finite(loss, epoch, step)
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                check_finite(loss, epoch, step)
+                scaler.step(optimizer)
+                scaler.update()
             total += float(loss.detach())
             steps += 1
             global_step += 1

@@ -9,23 +9,41 @@ with g the text encoder. Image features come from the cache, so each step costs 
 through the text transformer. The exported classifier (``PromptClassifier``) is a cosine classifier whose
 base is the learned prompts' text features, so evaluating it needs no text encoder; it also keeps the
 learned context vectors, from which the prompts of other class names are built (base-to-new).
+
+Precision (``precision``, CoOp's ``TRAINER.COOP.PREC``): the reference trains in fp16 by default: CLIP's
+weights as OpenAI releases them (``convert_weights``), the context and SGD in fp16. ``auto`` does that on
+a GPU and fp32 on a CPU; ``fp16`` also runs on a CPU (torch has the kernels; held to the official fp16 path
+by the parity golden); ``amp`` is fp32 weights under CUDA autocast with a gradient scaler, and on a CPU,
+where the reference's ``torch.cuda.amp.autocast`` does nothing, it is fp32. The precision used is in the
+classifier's hparams and so in ``metrics.json``.
+
+Against the release (KaiyangZhou/CoOp trainers/coop.py with Dassl's SGD and warm-up cosine; the goldens
+of parity/coop.py hold taskres to it within 1.2e-13 in float64): the random context comes from a generator
+seeded by the run's seed rather than the global RNG; training reads cached augmented views; a training step
+runs the text transformer only up to the prompts' last EOT token (the same features under the causal mask);
+class-specific context and the middle/front class-token positions are not offered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from ..classifier import ClassifierMeta, CosineClassifier, logit_scale_exp
+from ..classifier import ClassifierMeta, CosineClassifier
 from . import text_recipe as recipes
 from .base import FitContext, Method, TrainingError
 from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
 from .text_encoder import TextTower
 from .training import Schedule
 
+log = logging.getLogger("taskres")
+
 PLACEHOLDER = "X"  # CoOp's stand-in word for a context slot when the context is initialised at random
+PRECISIONS = ("auto", "fp16", "fp32", "amp")  # TRAINER.COOP.PREC's values (check_cfg), and auto
 
 
 @dataclass
@@ -41,6 +59,25 @@ class CoOpParams:
     warmup_epochs: int = 1  # WARMUP_EPOCH, constant WARMUP_CONS_LR
     warmup_lr: float = 1e-5
     init_std: float = 0.02  # nn.init.normal_(ctx_vectors, std=0.02)
+    # TRAINER.COOP.PREC: "fp16" in CoOp's train.py (extend_cfg), also "fp32" and "amp" (trainers/coop.py).
+    # auto = fp16 where CUDA is (the reference's default), fp32 on a CPU; see resolve_precision.
+    precision: str = "auto"
+
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--set precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+
+
+def resolve_precision(asked: str, device: torch.device) -> tuple[str, str | None]:
+    """(the precision CoOp trains in on ``device``, a one-line note when it is not the one asked for)."""
+    cuda = torch.device(device).type == "cuda"
+    if asked == "auto":
+        return ("fp16", None) if cuda else ("fp32", "CoOp: fp32 on a CPU (the reference's default fp16 is "
+                                             "for a GPU; --set precision=fp16 runs fp16 here too)")
+    if asked == "amp" and not cuda:
+        # trainers/coop.py wraps the step in torch.cuda.amp.autocast, which is inactive without CUDA
+        return "fp32", "CoOp: precision amp is CUDA's autocast; on a CPU the reference, and this run, use fp32"
+    return asked, None
 
 
 def coop_epochs(task_name: str, shots: int) -> int:
@@ -55,11 +92,12 @@ class PromptLearner(torch.nn.Module):
 
     def __init__(self, tower: TextTower, classnames: list[str], params: CoOpParams, seed: int):
         super().__init__()
+        dtype = tower.dtype  # the context and the fixed embeddings live in the precision trained in
         init = (params.ctx_init or "").strip().replace("_", " ")
         if init:
-            n_ctx = tower.token_count(init)
-            if n_ctx is None:
-                n_ctx = len(init.split())
+            # CoOp counts words, not tokens: n_ctx = len(ctx_init.split(" ")) and the context is the first
+            # n_ctx token embeddings; the tokens of a word that BPE splits in several stay in the fixed part
+            n_ctx = len(init.split(" "))
             prefix_text = init
         else:
             n_ctx = int(params.n_ctx)
@@ -80,12 +118,12 @@ class PromptLearner(torch.nn.Module):
             raise TrainingError("CoOp: the tokenizer does not put the context words right after a start token "
                                 "(a CLIP-style BPE tokenizer is needed)")
         with torch.no_grad():
-            embedding = tower.embed(tokens).float()
+            embedding = tower.embed(tokens).to(dtype)
             if init:
-                ctx_vectors = tower.embed(ctx_tokens[None])[0, 1:1 + n_ctx].float().clone()
+                ctx_vectors = tower.embed(ctx_tokens[None])[0, 1:1 + n_ctx].to(dtype).clone()
             else:
                 ctx_vectors = torch.empty(n_ctx, tower.width).normal_(
-                    0.0, params.init_std, generator=seeded_generator(seed, 17)).to(embedding.device)
+                    0.0, params.init_std, generator=seeded_generator(seed, 17)).to(embedding.device, dtype)
         self.ctx = torch.nn.Parameter(ctx_vectors)  # v_1..v_M, unified across classes
         self.register_buffer("token_prefix", embedding[:, :1].clone())  # [SOS]
         self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:].clone())  # class name, ".", [EOS], padding
@@ -125,6 +163,29 @@ def prompt_features(tower: TextTower, learner: PromptLearner, prefix_only: bool 
     return tower.project(tower.pooled(learner(), learner.tokens, prefix_only), *tower.projection())
 
 
+def prompt_logits(tower: TextTower, learner: PromptLearner, features: torch.Tensor, scale: torch.Tensor,
+                  prefix_only: bool = False) -> torch.Tensor:
+    """CustomCLIP.forward on image features: both sides divided by their norms, then scale * f @ g^T.
+
+    In CoOp's order of operations (trainers/coop.py), which matters in fp16: the scale multiplies the image
+    features before the product."""
+    text = prompt_features(tower, learner, prefix_only)
+    features = features / features.norm(dim=-1, keepdim=True)
+    text = text / text.norm(dim=-1, keepdim=True)
+    return scale * features @ text.t()
+
+
+def logit_scale_tensor(logit_scale: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """exp(logit_scale) as CLIP's parameter gives it: in the weights' dtype, fp32 at least (convert_weights
+    leaves ``logit_scale`` in fp32 in the fp16 model)."""
+    return torch.tensor(logit_scale, dtype=torch.promote_types(dtype, torch.float32), device=device).exp()
+
+
+def training_tower(tower: TextTower, precision: str) -> TextTower:
+    """The text encoder CoOp trains through: fp16 weights for ``fp16``, the backbone's own otherwise."""
+    return tower.converted(torch.float16) if precision == "fp16" else tower
+
+
 @dataclass
 class CoOp(Method):
     name = "coop"
@@ -137,7 +198,12 @@ class CoOp(Method):
         params = self.params or CoOpParams()
         if params.epochs is None:
             params = replace(params, epochs=coop_epochs(ctx.task_name, ctx.shots))
-        return params
+        device = ctx.backbone.device if ctx.backbone is not None else torch.device("cpu")
+        return replace(params, precision=resolve_precision(params.precision, device)[0])
+
+    def make_learner(self, tower: TextTower, ctx: FitContext, params: CoOpParams) -> PromptLearner:
+        """The prompt learner that ``fit`` trains (the parity check overrides it to set the starting context)."""
+        return PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
 
     def fit(self, ctx: FitContext) -> CosineClassifier:
         params = self.resolved_params(ctx)
@@ -145,25 +211,33 @@ class CoOp(Method):
         require_positive("lr", params.lr)
         if ctx.backbone is None:
             raise TrainingError("CoOp learns through the text encoder, but no backbone was given")
-        tower = TextTower(ctx.backbone)
-        learner = PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
-        scale = logit_scale_exp(ctx.logit_scale)
-        device = tower.device
+        asked = (self.params or CoOpParams()).precision
+        note = resolve_precision(asked, ctx.backbone.device)[1]
+        if note and params.precision != asked:  # the CPU default quietly; an amp that cannot be out loud
+            (log.info if asked == "auto" else log.warning)(note)
+        tower = training_tower(TextTower(ctx.backbone), params.precision)
+        learner = self.make_learner(tower, ctx, params)
+        device, dtype = tower.device, tower.dtype
+        scale = logit_scale_tensor(ctx.logit_scale, dtype, device)
+        amp = params.precision == "amp"  # fp32 weights, fp16 compute under autocast (trainers/coop.py)
+        autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
 
         def loss_fn(feats, labels):
-            text = F.normalize(prompt_features(tower, learner, prefix_only=True), dim=-1)
-            logits = scale * F.normalize(feats, dim=-1) @ text.t()
-            return F.cross_entropy(logits, labels)
+            with autocast:
+                # under CoOp's autocast the image encoder hands over fp16 features, normalised in fp16
+                feats = feats.half() if amp else feats
+                logits = prompt_logits(tower, learner, feats, scale, prefix_only=True)
+                return F.cross_entropy(logits, labels)
 
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
         optimizer = sgd([learner.ctx], params.lr, params.momentum, params.weight_decay)
         history = run_epochs([learner.ctx], loss_fn, ctx.train, schedule, optimizer,
                              batch_size=params.batch_size, seed=ctx.seed, progress=ctx.progress, desc="CoOp",
-                             device=device)
+                             device=device, dtype=dtype, scaler=torch.amp.GradScaler(device.type) if amp else None)
         with torch.no_grad():
             base = prompt_features(tower, learner).float().cpu()
         meta = ctx.meta(self.name, params, loss_history=history, n_ctx=learner.n_ctx,
-                        prompt_prefix=learner.prompt_prefix)
+                        prompt_prefix=learner.prompt_prefix, train_dtype=str(dtype).replace("torch.", ""))
         return PromptClassifier(meta, base, learner.ctx, ctx.logit_scale)
 
     def classifier_for_new_classes(self, classifier: CosineClassifier, ctx: FitContext) -> PromptClassifier | None:
@@ -172,14 +246,15 @@ class CoOp(Method):
             return None  # saved before the context was kept: the prompts cannot be rebuilt
         if ctx.backbone is None:
             raise TrainingError("CoOp builds prompts through the text encoder, but no backbone was given")
-        params = self.resolved_params(ctx)
-        tower = TextTower(ctx.backbone)
+        # the prompts of the new names go through the text encoder in the precision the context was learned in
+        params = replace(self.resolved_params(ctx), precision=classifier.meta.hparams.get("precision", "fp32"))
+        tower = training_tower(TextTower(ctx.backbone), params.precision)
         learner = PromptLearner(tower, ctx.prompt_classnames, params, ctx.seed)
         if learner.ctx.shape != classifier.context.shape:
             raise TrainingError(f"CoOp: the classifier has {classifier.context.shape[0]} context vectors, the "
                                 f"settings give {learner.n_ctx}")
         with torch.no_grad():
-            learner.ctx.copy_(classifier.context)
+            learner.ctx.copy_(classifier.context.to(learner.ctx.dtype))
             base = prompt_features(tower, learner).float().cpu()
         meta = ctx.meta(self.name, classifier.meta.hparams, new_classes="learned context, new class names",
                         n_ctx=learner.n_ctx, prompt_prefix=learner.prompt_prefix)

@@ -8,6 +8,8 @@ a method can feed its own token embeddings (CoOp's context vectors) or swap the 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -45,6 +47,34 @@ class TextTower:
         self.device = backbone.device
         self.context_length = int(self.positional_embedding.shape[0])
         self.width = int(self.token_embedding.weight.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the transformer computes in (its weights'): float32 normally, float64 or float16 copies."""
+        cast = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else None
+        return cast if cast is not None else self.token_embedding.weight.dtype
+
+    def converted(self, dtype: torch.dtype) -> "TextTower":
+        """A copy whose transformer and projection hold their weights in ``dtype`` (the model is not touched).
+
+        For float16 this is what OpenAI's ``clip/model.py: convert_weights`` does to CLIP, the fp16 model
+        CoOp trains through (``TRAINER.COOP.PREC = "fp16"``): linear and attention weights and
+        ``text_projection`` in fp16, LayerNorms kept in fp32 (computing on fp16 inputs, fp16 out), the
+        token table in fp32 (its rows are cast where used). Costs one copy of the text transformer.
+        """
+        if dtype == self.dtype:
+            return self
+        tower = copy.copy(self)
+        tower.transformer = copy.deepcopy(self.transformer).to(dtype)
+        for module in tower.transformer.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.float()
+        proj = self.text_projection
+        if isinstance(proj, nn.Module):
+            tower.text_projection = copy.deepcopy(proj).to(dtype)
+        elif proj is not None:
+            tower.text_projection = proj.detach().to(dtype)
+        return tower
 
     # -- tokens ----------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
