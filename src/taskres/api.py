@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,8 +20,7 @@ import torch
 
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, class_rows, cosine_logits, load_classifier, save_classifier)
-from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split,
-                       shots_used)
+from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, get_method
@@ -192,8 +192,32 @@ def evaluate_split(classifier: Classifier, zero_shot: torch.Tensor, logit_scale:
 def evaluate_splits(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, task: TaskData,
                     classifier: Classifier, base: torch.Tensor) -> dict[str, dict]:
     """Each of ``cfg.eval_splits`` encoded (cached) and scored, the method beside zero-shot (base t)."""
-    return {name: evaluate_split(classifier, base, backbone.logit_scale, encode_eval_split(
-        cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
+    return {name: evaluate_split(classifier, base, backbone.logit_scale, require_images(encode_eval_split(
+        cfg, backbone, cache, task.split(name), f"encoding {name}"), len(task.split(name)), name, task.name),
+        task.classnames) for name in cfg.eval_splits}
+
+
+def require_images(data: EvalSet, total: int, split: str, dataset: str) -> EvalSet:
+    """``data`` when it holds an image; a split with none left is an error (its top-1 would be NaN, not a score)."""
+    if len(data.labels) == 0:
+        why = f"all {total} were skipped as unusable" if total else "it has none"
+        raise DatasetError(f"dataset {dataset!r} has no usable {split} image ({why}): nothing to evaluate")
+    return data
+
+
+def usable_shots(task: TaskData, split: FewShotSplit, train) -> tuple[int, int]:
+    """The fewest and the most usable training images of any class (after images skipped as unusable).
+
+    A class left with none is an error: the method would learn nothing of it and the run would still look
+    like a result."""
+    counts = torch.bincount(train.labels.cpu().long(), minlength=task.num_classes).tolist()
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        drawn = sum(s.label == empty[0] for s in split.train)
+        why = f"all {drawn} of its shots were skipped as unusable" if drawn else "it has no training image"
+        raise DatasetError(f"class {task.classnames[empty[0]]!r} of dataset {task.name!r} has no usable training "
+                           f"image ({why}; {len(empty)} of {task.num_classes} classes have none)")
+    return min(counts), max(counts)
 
 
 def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed: int,
@@ -212,6 +236,19 @@ def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed
 
 def is_run_folder(path: Path) -> bool:
     return any((Path(path) / name).exists() for name in RUN_FILES)
+
+
+# What a run folder may hold besides RUN_FILES: its report, a base-to-new cell's second classifier, a bench
+# cell's record copy, what ``taskres export`` writes beside the classifier (model.onnx, its .json and external
+# data; model.torchscript.pt and .json), and atomic writers' hidden temporary files.
+_RUN_EXTRAS = re.compile(r"report\.html|classifier_new\.safetensors|record\.json"
+                         r"|model\.(?:onnx|torchscript)[A-Za-z0-9_.-]*|\..+\.tmp")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The names in a folder that no run writes (sorted); ``--overwrite`` never replaces a folder with any."""
+    return sorted(p.name for p in Path(path).iterdir()
+                  if not ((p.name in RUN_FILES or _RUN_EXTRAS.fullmatch(p.name)) and p.is_file()))
 
 
 def check_fit_config(cfg: FitConfig) -> None:
@@ -266,7 +303,7 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))
     elif run_dir is not None:
-        folder = atomic_folder(run_dir, overwrite=cfg.overwrite, is_run=is_run_folder)
+        folder = atomic_folder(run_dir, overwrite=cfg.overwrite, is_run=is_run_folder, foreign=foreign_entries)
     else:
         folder = nullcontext(None)
     with folder as work_dir:
@@ -288,8 +325,12 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
 
     base = backbone.text_classifier(task.classnames, task.templates)  # t, computed once per run
     train = training_source(cfg, backbone, cache, split, method.aug_scale)
+    fewest, most = usable_shots(task, split, train)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
+    if split.val and len(val_labels) == 0:
+        raise DatasetError(f"dataset {task.name!r} has no usable val image (all {len(split.val)} were skipped as "
+                           "unusable): nothing to choose the method's settings on")
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
                         val_features=val_feats, val_labels=val_labels, progress=cfg.progress)
     torch.manual_seed(cfg.seed)
@@ -298,12 +339,11 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
     fit_seconds = time.time() - fit_started
 
     evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
-    fewest, most = shots_used(split, task.num_classes)
     metrics = {
         "method": cfg.method,
         "dataset": task.name,
         "backbone": backbone.identity,
-        "shots": fewest,  # training images per class actually used (the fewest any class has)
+        "shots": fewest,  # usable training images per class (the fewest any class has), after skipped ones
         "shots_asked": split.shots,
         "shots_per_class": {"min": fewest, "max": most},
         "seed": cfg.seed,
@@ -383,8 +423,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
                                              precision=precision)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
-    data = encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
-                             f"encoding {split}")
+    data = require_images(encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
+                                            f"encoding {split}"), len(task.split(split)), split, task.name)
     zero_shot = backbone.text_classifier(task.classnames, task.templates)  # t of the dataset's classes
     evaluation = evaluate_split(clf, zero_shot, backbone.logit_scale, data, task.classnames, rows)
     return {"dataset": task.name, "split": split, "top1": evaluation["method"]["top1"],

@@ -118,12 +118,21 @@ def recover_folder(path: Path) -> None:
 
 
 def check_output_folder(path: Path, *, overwrite: bool, option: str = "--out",
-                        is_run=lambda p: any(p.iterdir())) -> None:
-    """Refuse, in one line, an output folder that cannot or may not be (re)placed; before any work."""
+                        is_run=lambda p: any(p.iterdir()), foreign=lambda p: []) -> None:
+    """Refuse, in one line, an output folder that cannot or may not be (re)placed; before any work.
+
+    ``foreign(path)`` lists what in the folder its writer never writes: replacing the folder would delete
+    those, so a folder holding any is refused even with ``overwrite`` (a run's own file names beside a
+    user's notes do not make the notes a run's)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(20, f"{option} is a file, not a folder", str(path))
     if path.is_dir() and any(path.iterdir()):
+        others = foreign(path)
+        if others:
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            raise RunExistsError(f"{option} {path} holds files that no run writes ({', '.join(others[:3])}{more}); "
+                                 "refusing to replace it (move them out, or choose another folder)")
         if not is_run(path):
             raise RunExistsError(f"{option} {path} is a folder that holds other files, not a run; "
                                  "refusing to replace it (choose another folder)")
@@ -133,7 +142,7 @@ def check_output_folder(path: Path, *, overwrite: bool, option: str = "--out",
 
 @contextmanager
 def atomic_folder(path: Path, *, overwrite: bool = False, option: str = "--out",
-                  is_run=lambda p: any(p.iterdir())):
+                  is_run=lambda p: any(p.iterdir()), foreign=lambda p: []):
     """Yield an empty temporary folder beside ``path``; on success it becomes ``path`` by renames.
 
     An existing run at ``path`` is replaced only with ``overwrite`` (checked now, before the caller does any
@@ -145,13 +154,14 @@ def atomic_folder(path: Path, *, overwrite: bool = False, option: str = "--out",
     """
     path = Path(os.path.abspath(path))
     recover_folder(path)
-    check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run)
+    check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run, foreign=foreign)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_TAG}{_owner()}-", dir=path.parent))
     try:
         _follow_umask(tmp, folder=True)
         yield tmp
-        check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run)  # another writer's run?
+        # another writer's run, or files put there meanwhile?
+        check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run, foreign=foreign)
         if path.exists() and _exchange(tmp, path):
             pass  # one atomic swap: tmp now holds the old run, removed below
         elif path.exists():
