@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import logging
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,3 +185,57 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+# -- ownership (one bench cell, one process) ----------------------------------------------------------------
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on ``path``, or None while another process holds it.
+
+    The kernel releases the lock when its process ends, however it ends (kill -9 included), so a killed
+    owner never leaves a stale lock to detect. The file holds the owner's ``<pid>@<host>`` for messages and
+    is never removed (removing a lock file races with a process that just opened it). On a file system
+    without locks the lock is taken without one, with a warning."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        logging.getLogger("taskres").warning("cannot lock %s (%s): two sweeps on this folder may run one cell "
+                                             "twice", path, exc.strerror or type(exc).__name__)
+    os.ftruncate(fd, 0)
+    os.write(fd, _owner().encode())
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    os.close(fd)  # closing the descriptor releases the lock
+
+
+def wait_for_lock(path: Path) -> None:
+    """Return once no process holds ``path`` (its owner finished, or died)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        pass  # no locks on this file system: nothing to wait for
+    finally:
+        os.close(fd)
+
+
+def lock_owner(path: Path) -> str | None:
+    """The ``<pid>@<host>`` written in a lock file (None: none)."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
