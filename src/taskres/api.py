@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone, BackboneConfig, load_backbone
-from .classifier import (Classifier, check_backbone, class_rows, cosine_logits, load_classifier, save_classifier)
+from .classifier import (Classifier, check_backbone, check_width, class_rows, cosine_logits, load_classifier,
+                         save_classifier)
 from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
@@ -404,6 +405,8 @@ def _classifier_and_backbone(run_or_classifier, backbone_cfg: BackboneConfig | N
         changes = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
         backbone = load_backbone(dataclasses.replace(backbone_cfg, **changes))
     check_backbone(clf, backbone.identity)
+    check_width(clf, backbone.embed_dim, str(run_or_classifier) if not isinstance(run_or_classifier, Classifier)
+                else "classifier")
     return clf, backbone
 
 

@@ -52,14 +52,25 @@ def atomic_path(path: Path):
         yield Path(tmp)
         _follow_umask(tmp)  # after the writer: some (safetensors) replace the file with one of their own
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename:
+            raise
+        # a write that failed ("No space left on device") says no file: name the one it was writing
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` (the one place atomic writers of bytes go through; tests make it fail)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 def write_json_atomic(path: Path, data) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        write_bytes(tmp, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode())
 
 
 def read_json(path: Path):

@@ -52,3 +52,41 @@ def test_outputs_follow_the_umask(colours, tmp_path, mask):
         assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~mask
 
+
+
+# -- a full disk ----------------------------------------------------------------------------------------------
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")  # what a write to a full disk raises: no path
+
+
+@pytest.mark.parametrize("writer", ["taskres.classifier.write_bytes", "taskres.io.write_bytes"])
+def test_a_full_disk_is_one_line_naming_the_path_and_the_old_run_stays(colours, tmp_path, capsys, monkeypatch,
+                                                                        writer):
+    from kit import leftovers, snapshot
+
+    out = tmp_path / "run"
+    assert main(fit_args(colours, out, "--shots", "2")) == 0
+    before = snapshot(out)
+    with monkeypatch.context() as m:
+        m.setattr(writer, _disk_full)
+        err = one_line_error(fit_args(colours, out, "--shots", "1", "--overwrite"), capsys)
+    assert err.startswith("taskres: error: No space left on device: ") and str(tmp_path) in err, err
+    what = "classifier.safetensors" if "classifier" in writer else "config.json"  # the first file each writes
+    assert err.endswith(what), err
+    assert snapshot(out) == before and leftovers(tmp_path, "run") == []
+
+
+def test_a_full_disk_under_the_cache_names_the_cache_file(colours, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    cache = tmp_path / "cache"
+
+    def save(fh, *args, **kwargs):
+        _disk_full()
+
+    monkeypatch.setattr(np, "save", save)
+    err = one_line_error(fit_args(colours, tmp_path / "run", "--shots", "1", "--cache-dir", str(cache)), capsys)
+    assert err.startswith("taskres: error: No space left on device: ") and str(cache) in err and ".npy" in err
+    assert not (tmp_path / "run").exists()
