@@ -433,3 +433,22 @@ def test_an_image_fixed_under_the_same_size_and_time_is_read_again(class_folder,
     assert first.valid.tolist() == [True, False] + [True] * SHARD
     again = cache.encoded(tiny_backbone, samples, progress=False)  # no skip: the image reads now
     assert bool(again.valid.all()) and torch.equal(again.features, truth)
+
+
+def test_nan_bytes_under_verify_none_are_caught_and_rebuilt(undamaged, class_folder, tiny_backbone, tmp_path, caplog):
+    """--verify-cache none does not hash shards; bytes changed into NaN must still never reach a method or a
+    metric (ECE's bincount, GDA's LinAlgError): the shard is named, removed and encoded again."""
+    root0, entries, top1, tensors = undamaged
+    root = tmp_path / "cache"
+    shutil.copytree(root0, root)
+    for which in ("test", "train"):
+        entry = FeatureCache(root, shard_size=SHARD).entry(tiny_backbone, entries[which].paths, entries[which].view)
+        path = entry.shard_path(1)
+        with open(path, "r+b") as fh:
+            fh.seek(data_offset(path) + 4 * 5)
+            fh.write(np.array([np.nan, np.inf], dtype=np.float32).tobytes())
+    with caplog.at_level("WARNING", logger="taskres"):
+        got_top1, got = run_fit(class_folder, root, tiny_backbone, verify="none")
+    lines = cache_warnings(caplog)
+    assert len(lines) == 2 and all("NaN/inf in rows its record calls valid" in line for line in lines), lines
+    assert got_top1 == top1 and all(torch.equal(tensors[k], got[k]) for k in tensors)  # the undamaged run's

@@ -313,11 +313,28 @@ class FeatureCache:
         if not samples:
             return EncodedFeatures(torch.empty(0, backbone.embed_dim), torch.ones(0, dtype=torch.bool), [])
         paths = [s.path for s in samples]
-        got = self._fill(backbone, paths, view, batch_size, num_workers, skip_bad, progress, desc)
-        if isinstance(got, CachedFeatures):
-            got = EncodedFeatures(got.to_tensor(), got.valid, got.bad)
+        for attempt in range(2):
+            got = self._fill(backbone, paths, view, batch_size, num_workers, skip_bad, progress, desc)
+            if isinstance(got, CachedFeatures):
+                got = EncodedFeatures(got.to_tensor(), got.valid, got.bad)
+            if attempt or not self._drop_nonfinite(self.entry(backbone, paths, view), got):
+                break
         self._report_bad(got.bad, skip_bad)
         return got
+
+    def _drop_nonfinite(self, entry: CacheEntry, got: EncodedFeatures) -> bool:
+        """Remove the shards whose rows their records call valid but hold NaN/inf (bytes changed on disk, which
+        ``verify="none"`` does not hash); True when one was removed (the caller encodes them again).
+
+        Checked on the rows already in memory, so it costs one pass over them, not a read of the files."""
+        broken = ~torch.isfinite(got.features).all(dim=1) & got.valid
+        if entry.directory is None or not bool(broken.any()):
+            return False
+        for i in sorted({int(r) // entry.shard_size for r in torch.nonzero(broken).flatten()}):
+            self._discard(entry.shard_path(i), "it holds NaN/inf in rows its record calls valid (bytes changed; "
+                                               "unnoticed by --verify-cache none)")
+        _remove(entry.index_path, "the index of an entry with a damaged shard")
+        return True
 
     def features(self, backbone, samples: list[Sample], view: View = View(), **kwargs) -> torch.Tensor:
         """:meth:`encoded`'s features alone [N, D] (float32); rows of skipped images are NaN."""
