@@ -252,14 +252,22 @@ def foreign_entries(path: Path) -> list[str]:
                   if not ((p.name in RUN_FILES or _RUN_EXTRAS.fullmatch(p.name)) and p.is_file()))
 
 
+SEED_LIMIT = 2 ** 63 - 1  # seeds reach numpy and torch as signed 64-bit integers
+
+
+def check_seed(seed, option: str = "--seed") -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) > SEED_LIMIT:
+        raise ValueError(f"{option} must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}")
+
+
 def check_fit_config(cfg: FitConfig) -> None:
     """Options checked before any work; each fault is one line naming the option."""
     for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
                                ("--batch-size", cfg.batch_size, 1), ("--workers", cfg.num_workers, 0)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
             raise ValueError(f"{option} must be a whole number, at least {low}, not {value!r}")
-    if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
-        raise ValueError(f"--seed must be a whole number, not {cfg.seed!r}")
+    if cfg.seed is not None:
+        check_seed(cfg.seed)
     if cfg.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
     if not cfg.eval_splits:

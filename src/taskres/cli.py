@@ -131,12 +131,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def printable(path: str) -> str:
+    """A path as text any terminal takes: bytes that are not UTF-8 shown as \\xNN, not a UnicodeEncodeError."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def cmd_predict(args) -> int:
     from .api import predict
 
     for row in predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args), device=args.device,
                        precision=args.precision):
-        print(row["image"])
+        print(printable(row["image"]))
         for name, p in row["top"]:
             print(f"  {p:7.2%}  {name}")
     return 0

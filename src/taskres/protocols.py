@@ -301,6 +301,10 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
     if any(k < 1 for k in sweep.shots):
         raise ValueError(f"--shots must all be at least 1, not {sweep.shots}")
+    from .api import check_seed
+
+    for seed in sweep.seeds:
+        check_seed(seed, "--seeds")
     if sweep.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
     if sweep.views < 1:

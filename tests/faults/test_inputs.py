@@ -209,3 +209,35 @@ def test_shots_per_class_counts_only_usable_shots(tmp_path, capsys):
     assert metrics["shots_per_class"] == {"min": 2, "max": 3} and metrics["shots"] == 2
     assert metrics["shots_asked"] == 3 and metrics["num_train"] == 11
     assert "3-shot asked, 2-3 per class used" in capsys.readouterr().out
+
+
+# -- names and numbers --------------------------------------------------------------------------------------
+def test_file_and_folder_names_that_are_not_utf8_are_read(tmp_path, capsys):
+    import os
+
+    from taskres.datasets import load_dataset
+
+    folder = make_class_folder(tmp_path / "d" / "colours", per_class=6)
+    image = os.fsdecode(bytes(folder / "red_thing") + b"/caf\xe9.png")
+    os.rename(folder / "red_thing" / "000.png", image)
+    os.rename(folder / "blue_thing", os.fsdecode(bytes(folder) + b"/blu\xe9_thing"))
+    run = tmp_path / "run"
+    assert main(fit_args(folder, run, "--shots", "1")) == 0
+    splits = json.loads((run / "splits.json").read_text())
+    assert "blu\ufffd thing" in splits["classnames"]  # the undecodable byte shown, the folder kept
+    task = load_dataset(str(folder))
+    every = [s.path for s in task.train + task.val + task.test]
+    assert len(every) == 24 and image in every and sum("blu\udce9_thing" in p for p in every) == 6
+    assert sum("blu\udce9_thing" in p for p, _ in splits["eval_test"]) == 2
+    assert f"({len(splits['eval_test'])} images)" in capsys.readouterr().out
+    assert main(["predict", str(run), image]) == 0
+    assert main(fit_args(folder, tmp_path / "again", "--shots", "1")) == 0  # the cache's keys hold them too
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(-2 ** 63)])
+def test_a_seed_too_large_for_the_generators_is_one_line(colours, tmp_path, capsys, seed):
+    err = one_line_error(fit_args(colours, tmp_path / "run", "--seed", seed), capsys)
+    assert f"--seed must be a whole number from -9223372036854775807 to 9223372036854775807, not {seed}" in err
+    err = one_line_error(["bench", str(tmp_path / "r"), "--datasets", str(colours), "--methods", "zeroshot",
+                          "--shots", "1", "--seeds", seed, *TINY, "--dry-run"], capsys)
+    assert "--seeds must be a whole number" in err and not (tmp_path / "r").exists()

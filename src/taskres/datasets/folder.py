@@ -27,7 +27,13 @@ def _display_names(folders: list[str], root: Path, classnames_file: Path | None)
         if missing:
             raise DatasetError(f"{path} has no class name for folder(s) {missing[:5]}")
         return [mapping[f] for f in folders]
-    return [f.replace("_", " ") for f in folders]
+    return [_readable(f).replace("_", " ") for f in folders]
+
+
+def _readable(name: str) -> str:
+    """A folder name as text: a name that is not UTF-8 (Python holds its bytes as surrogate escapes, which no
+    text encoder, page or figure takes) shows its undecodable bytes as U+FFFD; the folder keeps its name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_split_folder(folder: Path, class_folders: list[str]) -> list[Sample]:
