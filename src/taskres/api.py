@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import re
 import time
@@ -260,6 +261,17 @@ def check_seed(seed, option: str = "--seed") -> None:
         raise ValueError(f"{option} must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}")
 
 
+def check_out_beside_dataset(out: Path, dataset: str) -> None:
+    """A run folder inside a folder dataset would be read as one of its classes next time: refused."""
+    folder = Path(dataset).expanduser()
+    if not folder.is_dir():
+        return  # a registered name: its data lives under --data-root, in folders of its own layout
+    folder, out = folder.resolve(), Path(os.path.realpath(out.expanduser()))
+    if out == folder or folder in out.parents:
+        raise ValueError(f"--out {out} is inside the dataset folder {folder}, where it would be read as a class "
+                         "(or its images); choose a folder outside it")
+
+
 def check_fit_config(cfg: FitConfig) -> None:
     """Options checked before any work; each fault is one line naming the option."""
     for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
@@ -309,6 +321,8 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     check_fit_config(cfg)
     method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
     run_dir = Path(cfg.out) if cfg.out else None
+    if run_dir is not None and stage_dir is None:
+        check_out_beside_dataset(run_dir, cfg.dataset)
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))
     elif run_dir is not None:

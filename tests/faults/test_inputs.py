@@ -241,3 +241,35 @@ def test_a_seed_too_large_for_the_generators_is_one_line(colours, tmp_path, caps
     err = one_line_error(["bench", str(tmp_path / "r"), "--datasets", str(colours), "--methods", "zeroshot",
                           "--shots", "1", "--seeds", seed, *TINY, "--dry-run"], capsys)
     assert "--seeds must be a whole number" in err and not (tmp_path / "r").exists()
+
+
+# -- dataset folders that say less than they seem to ------------------------------------------------------------
+def test_images_in_sub_folders_of_a_class_are_counted_aloud(tmp_path, caplog):
+    from taskres.datasets import load_dataset
+
+    folder = make_class_folder(tmp_path / "d" / "colours", per_class=6)
+    nested = folder / "red_thing" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    for i in range(3):
+        (folder / "red_thing" / f"00{i}.png").rename(nested / f"00{i}.png")
+    with caplog.at_level("WARNING", logger="taskres"):
+        task = load_dataset(str(folder))
+    lines = [r.getMessage() for r in caplog.records if "sub-folders" in r.getMessage()]
+    assert len(lines) == 1 and "3 image(s) in sub-folders of class folders are not read (21 are)" in lines[0]
+    assert str(nested / "000.png") in lines[0]
+    assert len(task.train + task.val + task.test) == 21
+
+
+def test_a_single_class_dataset_is_refused(tmp_path, capsys):
+    folder = make_class_folder(tmp_path / "d" / "colours", per_class=6, classes={"red": (220, 30, 30)})
+    err = one_line_error(fit_args(folder, tmp_path / "run", "--shots", "1"), capsys)
+    assert f"dataset folder {folder} has 1 class folder(s): classifying needs at least 2" in err
+
+
+def test_out_inside_the_dataset_folder_is_refused(colours, tmp_path, capsys):
+    from taskres.datasets import load_dataset
+
+    before = [s.path for s in load_dataset(str(colours)).test]
+    err = one_line_error(fit_args(colours, colours / "runs" / "first", "--shots", "1"), capsys)
+    assert f"--out {colours / 'runs' / 'first'} is inside the dataset folder {colours}" in err
+    assert not (colours / "runs").exists() and [s.path for s in load_dataset(str(colours)).test] == before
