@@ -27,13 +27,13 @@ size, so each rank encodes its own splits and loads as few backbones as it can. 
 depend on the rank that ran it, so the records are those of a one-process sweep, plus the rank and host
 that wrote each. Two ranks may still encode one cache entry at once (a test split that two blocks share):
 each shard is written atomically and holds the same rows whoever wrote it, so the second writer only
-repeats work. After a last barrier, rank 0 prints the summary of every rank's cells.
+repeats work. After a last barrier, rank 0 prints the summary of every rank's cells. A rank that dies
+makes torchrun stop the others; the same command then resumes from the records.
 
 A cell has one owner at a time: a process runs it only while it holds the cell's lock
 (``RESULTS/locks/<name>.lock``, an flock the kernel drops when its process ends), and skips a cell another
 process holds, waiting for that cell's record before its summary. Two identical sweeps on one folder so
-share the cells, and never run one cell twice (the loser's error record replacing the winner's "ok"). A rank that dies
-makes torchrun stop the others; the same command then resumes from the records.
+share the cells, and never run one cell twice (the loser's error record replacing the winner's "ok").
 """
 
 from __future__ import annotations
