@@ -219,8 +219,12 @@ def try_lock(path: Path) -> int | None:
     except OSError as exc:
         logging.getLogger("taskres").warning("cannot lock %s (%s): two sweeps on this folder may run one cell "
                                              "twice", path, exc.strerror or type(exc).__name__)
-    os.ftruncate(fd, 0)
-    os.write(fd, _owner().encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, _owner().encode())
+    except OSError as exc:  # a full disk: name the file
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     return fd
 
 
