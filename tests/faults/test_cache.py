@@ -1,9 +1,8 @@
-"""Fault injection on the feature cache: damaged shards and indexes, and images whose features are NaN/inf.
-
-Each damaged shard must give one warning line naming it, be rebuilt, and leave the run's result (the cached
-features, a fit's top-1 and classifier tensors) identical to the undamaged run's. An image with NaN/inf
-features must be named with the reason, or skipped with a warning and a count under --skip-bad-images.
-"""
+"""What taskres promises about its feature cache: a damaged shard (changed bytes, truncated, zeroed, pickled)
+or index is named in one warning, rebuilt, and the fit's result is the undamaged one's; rows turned into NaN/inf
+are caught even when shards are not hashed (--verify-cache none); an image with NaN/inf features is named, or
+skipped and counted with --skip-bad-images; a verdict "unreadable" never outlives its cause (a pixel limit
+lifted, a file fixed): the image is tried again; two processes filling one cache at once both succeed."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""What taskres promises about its inputs: a split file that does not fit the dataset, images of any mode or
-size, and bad parameters each end as one line naming the file or option (exit status 2, nothing written),
-or as the correct result."""
+"""What taskres promises about its inputs: a split file that does not fit the dataset, a bad parameter or a seed
+beyond 64 bits ends as one line naming the file or option (exit status 2, nothing written); images of any mode
+or size are read or refused in one line; a class left without a usable shot, or a split without a usable image,
+is an error and never a result, and the shots recorded are the usable ones; file and folder names that are not
+UTF-8 are read; a dataset folder says what it leaves out (images in sub-folders) and refuses what would be
+meaningless (a single class, a run folder inside it)."""
 
 from __future__ import annotations
 
