@@ -29,6 +29,7 @@ from .methods import FitContext, get_method
 from .metrics import split_evaluation
 from .run_report import write_run_report
 from .transforms import load_image
+from .typed import typed_value
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
@@ -280,6 +281,9 @@ def check_fit_config(cfg: FitConfig) -> None:
             raise ValueError(f"{option} must be a whole number, at least {low}, not {value!r}")
     if cfg.seed is not None:
         check_seed(cfg.seed)
+    for name in ("augment", "memory_map", "overwrite", "skip_bad_images", "allow_fewer_shots", "progress"):
+        # FitConfig(augment="false") from Python: refused as a sweep file's 'false' is (taskres.typed)
+        typed_value(getattr(cfg, name), "bool", name, text_bools=False)
     if cfg.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
     if not cfg.eval_splits:

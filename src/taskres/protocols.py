@@ -290,6 +290,9 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
 
 def check_sweep(sweep: SweepConfig) -> None:
     """Every option checked before any work starts; messages name the option at fault."""
+    for f in dataclasses.fields(SweepConfig):  # a SweepConfig built in Python gets the sweep file's type checks
+        if not any(k in str(f.type) for k in ("list", "dict")):
+            typed_value(getattr(sweep, f.name), f.type, f"--{f.name.replace('_', '-')}", text_bools=False)
     if sweep.protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}")
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):

@@ -83,3 +83,13 @@ def test_a_sweep_file_with_good_values_runs_as_given(colours, tmp_path, capsys):
     record = json.loads(records[0].read_text())
     assert record["config"]["augment"] is False and record["metrics"]["augmentation"] is None
     assert record["hparams"]["lr"] == 2e-4 and record["hparams"]["epochs"] == 2
+
+
+def test_configs_built_in_python_get_the_same_type_checks(colours):
+    from taskres.api import FitConfig, fit
+    from taskres.protocols import SweepConfig, check_sweep
+
+    with pytest.raises(ValueError, match="augment: expected true or false, not the text 'false'"):
+        fit(FitConfig(dataset=str(colours), augment="false"))
+    with pytest.raises(ValueError, match="--views: expected a whole number, not 2.5"):
+        check_sweep(SweepConfig(datasets=[str(colours)], methods=["zeroshot"], views=2.5))
