@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,15 +20,16 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone, BackboneConfig, load_backbone
-from .classifier import (Classifier, check_backbone, class_rows, cosine_logits, load_classifier, save_classifier)
-from .datasets import (DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split,
-                       shots_used)
+from .classifier import (Classifier, check_backbone, check_width, class_rows, cosine_logits, load_classifier,
+                         save_classifier)
+from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, check_regime, get_method, recipe_of
 from .methods.text_recipe import TASKRES, TextRecipe
 from .metrics import split_evaluation
 from .run_report import write_run_report
+from .typed import typed_value
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
@@ -200,8 +203,32 @@ def evaluate_split(classifier: Classifier, zero_shot: torch.Tensor, logit_scale:
 def evaluate_splits(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, task: TaskData,
                     classifier: Classifier, base: torch.Tensor) -> dict[str, dict]:
     """Each of ``cfg.eval_splits`` encoded (cached) and scored, the method beside zero-shot (base t)."""
-    return {name: evaluate_split(classifier, base, backbone.logit_scale, encode_eval_split(
-        cfg, backbone, cache, task.split(name), f"encoding {name}"), task.classnames) for name in cfg.eval_splits}
+    return {name: evaluate_split(classifier, base, backbone.logit_scale, require_images(encode_eval_split(
+        cfg, backbone, cache, task.split(name), f"encoding {name}"), len(task.split(name)), name, task.name),
+        task.classnames) for name in cfg.eval_splits}
+
+
+def require_images(data: EvalSet, total: int, split: str, dataset: str) -> EvalSet:
+    """``data`` when it holds an image; a split with none left is an error (its top-1 would be NaN, not a score)."""
+    if len(data.labels) == 0:
+        why = f"all {total} were skipped as unusable" if total else "it has none"
+        raise DatasetError(f"dataset {dataset!r} has no usable {split} image ({why}): nothing to evaluate")
+    return data
+
+
+def usable_shots(task: TaskData, split: FewShotSplit, train) -> tuple[int, int]:
+    """The fewest and the most usable training images of any class (after images skipped as unusable).
+
+    A class left with none is an error: the method would learn nothing of it and the run would still look
+    like a result."""
+    counts = torch.bincount(train.labels.cpu().long(), minlength=task.num_classes).tolist()
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        drawn = sum(s.label == empty[0] for s in split.train)
+        why = f"all {drawn} of its shots were skipped as unusable" if drawn else "it has no training image"
+        raise DatasetError(f"class {task.classnames[empty[0]]!r} of dataset {task.name!r} has no usable training "
+                           f"image ({why}; {len(empty)} of {task.num_classes} classes have none)")
+    return min(counts), max(counts)
 
 
 def text_classifier_for(task: TaskData, backbone: Backbone, recipe: TextRecipe = TASKRES) -> torch.Tensor:
@@ -232,14 +259,49 @@ def is_run_folder(path: Path) -> bool:
     return any((Path(path) / name).exists() for name in RUN_FILES)
 
 
+# What a run folder may hold besides RUN_FILES: its report, a base-to-new cell's second classifier, a bench
+# cell's record copy, what ``taskres export`` writes beside the classifier (model.onnx, its .json and external
+# data; model.torchscript.pt and .json), and atomic writers' hidden temporary files.
+_RUN_EXTRAS = re.compile(r"report\.html|classifier_new\.safetensors|record\.json"
+                         r"|model\.(?:onnx|torchscript)[A-Za-z0-9_.-]*|\..+\.tmp")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The names in a folder that no run writes (sorted); ``--overwrite`` never replaces a folder with any."""
+    return sorted(p.name for p in Path(path).iterdir()
+                  if not ((p.name in RUN_FILES or _RUN_EXTRAS.fullmatch(p.name)) and p.is_file()))
+
+
+SEED_LIMIT = 2 ** 63 - 1  # seeds reach numpy and torch as signed 64-bit integers
+
+
+def check_seed(seed, option: str = "--seed") -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) > SEED_LIMIT:
+        raise ValueError(f"{option} must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}")
+
+
+def check_out_beside_dataset(out: Path, dataset: str) -> None:
+    """A run folder inside a folder dataset would be read as one of its classes next time: refused."""
+    folder = Path(dataset).expanduser()
+    if not folder.is_dir():
+        return  # a registered name: its data lives under --data-root, in folders of its own layout
+    folder, out = folder.resolve(), Path(os.path.realpath(out.expanduser()))
+    if out == folder or folder in out.parents:
+        raise ValueError(f"--out {out} is inside the dataset folder {folder}, where it would be read as a class "
+                         "(or its images); choose a folder outside it")
+
+
 def check_fit_config(cfg: FitConfig) -> None:
     """Options checked before any work; each fault is one line naming the option."""
     for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
                                ("--batch-size", cfg.batch_size, 1), ("--workers", cfg.num_workers, 0)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
             raise ValueError(f"{option} must be a whole number, at least {low}, not {value!r}")
-    if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
-        raise ValueError(f"--seed must be a whole number, not {cfg.seed!r}")
+    if cfg.seed is not None:
+        check_seed(cfg.seed)
+    for name in ("augment", "memory_map", "overwrite", "skip_bad_images", "allow_fewer_shots", "progress"):
+        # FitConfig(augment="false") from Python: refused as a sweep file's 'false' is (taskres.typed)
+        typed_value(getattr(cfg, name), "bool", name, text_bools=False)
     if cfg.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
     if cfg.regime == "online" and cfg.memory_map:  # never ignore one of the two and record both
@@ -285,10 +347,12 @@ def fit(cfg: FitConfig, *, backbone: Backbone | None = None, task: TaskData | No
     method = get_method(cfg.method, cfg.method_params)  # bad parameters fail before anything is read or written
     check_regime(method, cfg.regime, cfg.memory_map)
     run_dir = Path(cfg.out) if cfg.out else None
+    if run_dir is not None and stage_dir is None:
+        check_out_beside_dataset(run_dir, cfg.dataset)
     if stage_dir is not None:
         folder = nullcontext(Path(stage_dir))
     elif run_dir is not None:
-        folder = atomic_folder(run_dir, overwrite=cfg.overwrite, is_run=is_run_folder)
+        folder = atomic_folder(run_dir, overwrite=cfg.overwrite, is_run=is_run_folder, foreign=foreign_entries)
     else:
         folder = nullcontext(None)
     with folder as work_dir:
@@ -317,8 +381,12 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
     base = text_classifier_for(task, backbone, recipe)  # t, computed once per run
     crop = method.crop_scale(task.name)  # the method's crop on this dataset, as its release does
     train = training_source(cfg, backbone, cache, split, crop)
+    fewest, most = usable_shots(task, split, train)
     val_feats, val_labels = encode_split(cfg, backbone, cache, split.val, "encoding val") if split.val else (
         None, None)
+    if split.val and len(val_labels) == 0:
+        raise DatasetError(f"dataset {task.name!r} has no usable val image (all {len(split.val)} were skipped as "
+                           "unusable): nothing to choose the method's settings on")
     ctx = build_context(task, backbone, train, shots=split.shots, seed=cfg.seed, base=base,
                         val_features=val_feats, val_labels=val_labels, progress=cfg.progress, recipe=recipe)
     ctx.train_for = lambda scale: training_source(cfg, backbone, cache, split, scale)  # --method auto's candidates
@@ -330,13 +398,12 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
         classifier.meta.extra = {**classifier.meta.extra, "method_source": source}
 
     evaluations = evaluate_splits(cfg, backbone, cache, task, classifier, base)
-    fewest, most = shots_used(split, task.num_classes)
     crop = getattr(method, "chosen_crop", crop)  # --method auto: the views of the method it chose
     metrics = {
         "method": cfg.method,
         "dataset": task.name,
         "backbone": backbone.identity,
-        "shots": fewest,  # training images per class actually used (the fewest any class has)
+        "shots": fewest,  # usable training images per class (the fewest any class has), after skipped ones
         "shots_asked": split.shots,
         "shots_per_class": {"min": fewest, "max": most},
         "seed": cfg.seed,
@@ -401,6 +468,8 @@ def _classifier_and_backbone(run_or_classifier, backbone_cfg: BackboneConfig | N
         changes = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
         backbone = load_backbone(dataclasses.replace(backbone_cfg, **changes))
     check_backbone(clf, backbone.identity)
+    check_width(clf, backbone.embed_dim, str(run_or_classifier) if not isinstance(run_or_classifier, Classifier)
+                else "classifier")
     return clf, backbone
 
 
@@ -420,8 +489,8 @@ def evaluate(run_or_classifier: str | Path | Classifier, dataset: str, *, data_r
                                              precision=precision)
     task = task or load_dataset(dataset, data_root)
     rows = class_rows(clf, task.classnames, task.class_ids)
-    data = encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
-                             f"encoding {split}")
+    data = require_images(encode_eval_split(cfg, backbone, make_cache(cache_dir, verify_cache), task.split(split),
+                                            f"encoding {split}"), len(task.split(split)), split, task.name)
     # t of the dataset's classes, as the run's method builds it
     zero_shot = text_classifier_for(task, backbone, recipe_of(clf.meta.method, clf.meta.hparams))
     evaluation = evaluate_split(clf, zero_shot, backbone.logit_scale, data, task.classnames, rows)

@@ -29,6 +29,11 @@ that wrote each. Two ranks may still encode one cache entry at once (a test spli
 each shard is written atomically and holds the same rows whoever wrote it, so the second writer only
 repeats work. After a last barrier, rank 0 prints the summary of every rank's cells. A rank that dies
 makes torchrun stop the others; the same command then resumes from the records.
+
+A cell has one owner at a time: a process runs it only while it holds the cell's lock
+(``RESULTS/locks/<name>.lock``, an flock the kernel drops when its process ends), and skips a cell another
+process holds, waiting for that cell's record before its summary. Two identical sweeps on one folder so
+share the cells, and never run one cell twice (the loser's error record replacing the winner's "ok").
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -49,7 +55,7 @@ from .api import make_cache, versions
 from .backbone import load_backbone
 from .datasets import TaskData, load_dataset
 from .distributed import Group, kill_hook, rank_device
-from .io import atomic_folder, read_json, write_json_atomic
+from .io import atomic_folder, lock_owner, read_json, release_lock, try_lock, wait_for_lock, write_json_atomic
 from .protocols import (PAPER_METHODS, PROTOCOL_RUNNERS, PROTOCOLS, Cell, CellEnv, SweepConfig, bench_command,
                         dataset_label, expand, preset, read_sweep_file, resolve_sweep)
 
@@ -75,6 +81,11 @@ def run_path(results_dir: Path, cell: Cell) -> Path:
     return Path(results_dir) / "runs" / _component(cell.name)
 
 
+def lock_path(results_dir: Path, cell: Cell) -> Path:
+    """The cell's owner file while a process runs it (two sweeps on one results folder never run one cell)."""
+    return Path(results_dir) / "locks" / f"{_component(cell.name)}.lock"
+
+
 def cell_status(results_dir: Path, cell: Cell, sweep: SweepConfig) -> str:
     """'todo' (no record), 'done', 'failed', or 'changed' (a record made with other settings)."""
     path = record_path(results_dir, cell)
@@ -98,6 +109,7 @@ class BenchSummary:
     ran: list[str] = field(default_factory=list)  # finished now
     failed: dict[str, str] = field(default_factory=dict)  # name -> one-line error
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what else the user must hear (a worker that died, ...)
 
     @property
     def ok(self) -> bool:
@@ -182,14 +194,19 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = T
                desc=f"bench {sweep.protocol}" + (f" (rank 0/{group.world})" if group.world > 1 else ""),
                unit="cell", disable=not progress or group.rank != 0, dynamic_ncols=True)
 
+    busy: list[Cell] = []  # cells another process owned when this one came to them
+
     def done(cell: Cell, status: str, message: str | None) -> None:
-        if status != "ok":
+        if status == "busy":
+            busy.append(cell)
+            bar.write(f"taskres: {prefix}cell {cell.name} is {message}; its record is waited for")
+        elif status == "error":
             bar.write(f"taskres: {prefix}cell {cell.name} failed: {message}")
         bar.update(1)
 
     try:
         if jobs > 1 and group.world == 1:
-            _run_local_jobs(sweep, results_dir, mine, jobs, inner_progress, done)
+            summary.notes += _run_local_jobs(sweep, results_dir, mine, jobs, inner_progress, done)
         else:
             where = {"rank": group.rank, "world": group.world, "host": socket.gethostname()}
             kill_after = kill_hook(group.rank, KILL_HOOK)
@@ -198,14 +215,17 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = T
             for cell in mine:
                 bar.set_postfix_str(cell.name)
                 env, load_error = envs.get(cell.backbone, bar)
-                record = _run_cell(cell, env, results_dir, load_error, where)
+                record = _run_owned_cell(cell, env, results_dir, load_error, where)
                 done(cell, record["status"], (record.get("error") or {}).get("message"))
+                if record["status"] not in ("ok", "error"):
+                    continue  # another process's cell
                 count += 1
                 if kill_after is not None and count >= kill_after:
                     os._exit(17)  # a hard kill: no cleanup, as with SIGKILL
                 if on_cell_done is not None:
                     on_cell_done(cell, record)
             del envs
+        _wait_for_owners(results_dir, busy)
     finally:
         bar.close()
     if group.world > 1:
@@ -241,6 +261,33 @@ class _Envs:
         return self.env, self.error
 
 
+def _run_owned_cell(cell: Cell, env: CellEnv, results_dir: Path, load_error: Exception | None,
+                    where: dict | None = None) -> dict:
+    """Run a cell as its owner (``_run_cell``); {"status": "busy"} while another process owns it, and
+    {"status": "done"} when another process finished it since this sweep read the records.
+
+    Two identical sweeps on one results folder would otherwise run a cell twice, and the loser's error
+    (its run folder renamed over the winner's) replace the winner's "ok" record."""
+    lock = lock_path(results_dir, cell)
+    fd = try_lock(lock)
+    if fd is None:
+        return {"status": "busy", "error": {"message": f"being run by {lock_owner(lock) or 'another process'} "
+                                                       f"(owner file {lock})"}}
+    try:
+        if cell_status(results_dir, cell, env.sweep) == "done":
+            return {"status": "done"}
+        return _run_cell(cell, env, results_dir, load_error, where)
+    finally:
+        release_lock(fd)
+
+
+def _wait_for_owners(results_dir: Path, cells: list[Cell]) -> None:
+    """Wait until the processes that owned ``cells`` are done with them (or died: their cells then have no
+    record and count as failed), so that the summary is of the whole sweep."""
+    for cell in cells:
+        wait_for_lock(lock_path(results_dir, cell))
+
+
 def _feature_runs(cells: list[Cell]) -> list[list[Cell]]:
     """Cells grouped into runs that read the same features: one (backbone, dataset, shots, seed) each."""
     runs: dict[tuple, list[Cell]] = {}
@@ -262,13 +309,14 @@ def default_jobs() -> int:
 
 
 def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jobs: int, inner_progress: bool,
-                    done: Callable[[Cell, str, str | None], None]) -> None:
+                    done: Callable[[Cell, str, str | None], None]) -> list[str]:
     """Run ``cells`` in ``jobs`` worker processes on this machine, each with its share of the cores.
 
     The workers take runs of cells that share features (``_feature_runs``) from one queue, the next free
     worker the next run, so long and short runs balance themselves. Each cell's record is written by the
     worker that ran it, as in a one-process sweep (plus its job number as the rank). Processes are spawned,
-    not forked: a fork of a process whose thread pools are running can hang."""
+    not forked: a fork of a process whose thread pools are running can hang. Returns one line per worker
+    that died (its unfinished cells have no record)."""
     import multiprocessing as mp
     import queue as queue_module
 
@@ -284,7 +332,7 @@ def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jo
             pass
     jobs = min(jobs, len(runs))
     if jobs < 1:
-        return
+        return []
     threads = max(1, _usable_cores() // jobs)
     ctx = mp.get_context("spawn")
     todo, results = ctx.Queue(), ctx.Queue()
@@ -318,6 +366,17 @@ def _run_local_jobs(sweep: SweepConfig, results_dir: Path, cells: list[Cell], jo
         for w in workers:
             if w.is_alive():
                 w.terminate()
+    return [f"worker {w.name} (pid {w.pid}) died with {_exit_text(w.exitcode)}; the cells it had taken have no "
+            "record (run the same command again to finish them)" for w in workers if w.exitcode not in (0, None)]
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
 
 
 def _job_worker(job: int, jobs: int, threads: int, sweep: SweepConfig, results_dir: str, cells: dict,
@@ -327,6 +386,7 @@ def _job_worker(job: int, jobs: int, threads: int, sweep: SweepConfig, results_d
     torch.set_num_threads(threads)
     where = {"rank": job, "world": jobs, "host": socket.gethostname(), "local_jobs": True}
     envs = _Envs(sweep, inner_progress)
+    kill_after, count = kill_hook(job, KILL_HOOK), 0  # the test hook of the ranks, for a job
     try:
         while True:
             names = todo.get()
@@ -335,8 +395,11 @@ def _job_worker(job: int, jobs: int, threads: int, sweep: SweepConfig, results_d
             for name in names:
                 cell = cells[name]
                 env, load_error = envs.get(cell.backbone)
-                record = _run_cell(cell, env, Path(results_dir), load_error, where)
+                record = _run_owned_cell(cell, env, Path(results_dir), load_error, where)
                 results.put((name, record["status"], (record.get("error") or {}).get("message")))
+                count += 1
+                if kill_after is not None and count >= kill_after:
+                    os._exit(17)  # a hard kill: no last word to the parent
     finally:
         results.put(None)
 
@@ -422,6 +485,8 @@ def print_summary(summary: BenchSummary, echo: Callable[[str], None] = print) ->
     n = len(summary.cells)
     echo(f"bench: {n} cell(s): {len(summary.skipped)} already finished, {len(summary.ran)} run now, "
          f"{len(summary.failed)} failed ({summary.seconds:.1f} s)")
+    for note in summary.notes:
+        echo(f"  note: {note}")
     for name, message in list(summary.failed.items())[:20]:
         echo(f"  failed: {name}: {message}")
     if len(summary.failed) > 20:

@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from .io import atomic_path
+from .io import atomic_path, write_bytes
 
 FORMAT_VERSION = 1
 CLASSIFIERS: dict[str, type["Classifier"]] = {}  # kind -> class, filled by Classifier.__init_subclass__
@@ -129,8 +129,9 @@ def save_classifier(clf: Classifier, path: str | Path) -> None:
         "config": clf.config(),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in clf.tensors().items()}
+    data = save(tensors, metadata={"taskres": json.dumps(meta)})  # bytes: a full disk is then an OSError here
     with atomic_path(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata={"taskres": json.dumps(meta)})
+        write_bytes(tmp, data)
 
 
 def load_classifier(path: str | Path) -> Classifier:
@@ -149,7 +150,7 @@ def load_classifier(path: str | Path) -> Classifier:
         raise ClassifierError(f"{path} is not a safetensors classifier file ({exc})") from None
     if raw is None:
         raise ClassifierError(f"{path} holds no taskres metadata: not a classifier saved by taskres")
-    meta = json.loads(raw)
+    meta = _read_meta(raw, path)
     kind = meta.get("kind")
     if kind not in CLASSIFIERS:
         from .plugins import load_method_modules, missing_plugin_hint
@@ -158,9 +159,54 @@ def load_classifier(path: str | Path) -> Classifier:
         if kind not in CLASSIFIERS:
             raise ClassifierError(f"{path}: unknown classifier kind {kind!r} (known: {', '.join(CLASSIFIERS)})"
                                   + missing_plugin_hint((meta.get("extra") or {}).get("method_source")))
+    damaged = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if damaged:
+        raise ClassifierError(f"{path}: tensor {damaged[0]!r} holds NaN or inf values (training diverged, or the file "
+                              "is damaged); fit the run again")
     info = ClassifierMeta(meta["classnames"], meta["backbone"], meta["method"], meta.get("class_ids"),
-                          meta.get("hparams", {}), meta.get("extra", {}))
-    return CLASSIFIERS[kind].from_tensors(tensors, info, meta.get("config", {}))
+                          meta.get("hparams") or {}, meta.get("extra") or {})
+    try:
+        clf = CLASSIFIERS[kind].from_tensors(tensors, info, meta.get("config") or {})
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ClassifierError(f"{path}: its tensors or settings do not make a {kind!r} classifier "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    return clf
+
+
+def _read_meta(raw: str, path: Path) -> dict:
+    """The file's taskres metadata, checked for what loading needs (one line naming the file otherwise)."""
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ClassifierError(f"{path}: its taskres metadata is not JSON (a damaged or hand-edited file)") from None
+    if not isinstance(meta, dict):
+        raise ClassifierError(f"{path}: its taskres metadata is not a JSON object")
+    missing = [k for k in ("kind", "classnames", "backbone", "method") if k not in meta]
+    if missing:
+        raise ClassifierError(f"{path}: its taskres metadata lacks {', '.join(map(repr, missing))}")
+    if not isinstance(meta["classnames"], list) or not all(isinstance(c, str) for c in meta["classnames"]):
+        raise ClassifierError(f"{path}: its class names are not a list of texts")
+    if not isinstance(meta["backbone"], dict):
+        raise ClassifierError(f"{path}: its backbone identity is not a JSON object")
+    return meta
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+def check_width(clf: Classifier, dim: int, source: str = "classifier") -> None:
+    """Refuse, in one line, a classifier that does not take ``dim``-wide features or does not give one score per
+    class name (a file whose tensors were cut, or made for another backbone under the same name)."""
+    try:
+        with torch.no_grad():
+            out = clf(torch.ones(2, dim))
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise ClassifierError(f"{source} does not take the backbone's {dim}-wide features "
+                              f"({_first_line(exc)})") from None
+    if tuple(out.shape) != (2, len(clf.classnames)):
+        raise ClassifierError(f"{source} gives {tuple(out.shape)[1:]} scores per image for its "
+                              f"{len(clf.classnames)} class names")
 
 
 def check_backbone(clf: Classifier, identity: dict, source: str = "classifier") -> None:

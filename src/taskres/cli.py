@@ -135,6 +135,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def printable(path: str) -> str:
+    """A path as text any terminal takes: bytes that are not UTF-8 shown as \\xNN, not a UnicodeEncodeError."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def cmd_predict(args) -> int:
     from .api import predict
     from .predictions import dump_json, write_csv
@@ -148,7 +153,7 @@ def cmd_predict(args) -> int:
         print(dump_json(rows))
     elif not args.csv:
         for row in rows:
-            print(row["image"])
+            print(printable(row["image"]))
             for name, p in row["top"] or []:
                 print(f"  {p:7.2%}  {name}")
             if row["top"] is None:

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import logging
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,14 +52,25 @@ def atomic_path(path: Path):
         yield Path(tmp)
         _follow_umask(tmp)  # after the writer: some (safetensors) replace the file with one of their own
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename:
+            raise
+        # a write that failed ("No space left on device") says no file: name the one it was writing
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` (the one place atomic writers of bytes go through; tests make it fail)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 def write_json_atomic(path: Path, data) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        write_bytes(tmp, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode())
 
 
 def read_json(path: Path):
@@ -118,12 +130,21 @@ def recover_folder(path: Path) -> None:
 
 
 def check_output_folder(path: Path, *, overwrite: bool, option: str = "--out",
-                        is_run=lambda p: any(p.iterdir())) -> None:
-    """Refuse, in one line, an output folder that cannot or may not be (re)placed; before any work."""
+                        is_run=lambda p: any(p.iterdir()), foreign=lambda p: []) -> None:
+    """Refuse, in one line, an output folder that cannot or may not be (re)placed; before any work.
+
+    ``foreign(path)`` lists what in the folder its writer never writes: replacing the folder would delete
+    those, so a folder holding any is refused even with ``overwrite`` (a run's own file names beside a
+    user's notes do not make the notes a run's)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(20, f"{option} is a file, not a folder", str(path))
     if path.is_dir() and any(path.iterdir()):
+        others = foreign(path)
+        if others:
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            raise RunExistsError(f"{option} {path} holds files that no run writes ({', '.join(others[:3])}{more}); "
+                                 "refusing to replace it (move them out, or choose another folder)")
         if not is_run(path):
             raise RunExistsError(f"{option} {path} is a folder that holds other files, not a run; "
                                  "refusing to replace it (choose another folder)")
@@ -133,7 +154,7 @@ def check_output_folder(path: Path, *, overwrite: bool, option: str = "--out",
 
 @contextmanager
 def atomic_folder(path: Path, *, overwrite: bool = False, option: str = "--out",
-                  is_run=lambda p: any(p.iterdir())):
+                  is_run=lambda p: any(p.iterdir()), foreign=lambda p: []):
     """Yield an empty temporary folder beside ``path``; on success it becomes ``path`` by renames.
 
     An existing run at ``path`` is replaced only with ``overwrite`` (checked now, before the caller does any
@@ -145,13 +166,14 @@ def atomic_folder(path: Path, *, overwrite: bool = False, option: str = "--out",
     """
     path = Path(os.path.abspath(path))
     recover_folder(path)
-    check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run)
+    check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run, foreign=foreign)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_TAG}{_owner()}-", dir=path.parent))
     try:
         _follow_umask(tmp, folder=True)
         yield tmp
-        check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run)  # another writer's run?
+        # another writer's run, or files put there meanwhile?
+        check_output_folder(path, overwrite=overwrite, option=option, is_run=is_run, foreign=foreign)
         if path.exists() and _exchange(tmp, path):
             pass  # one atomic swap: tmp now holds the old run, removed below
         elif path.exists():
@@ -174,3 +196,61 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+# -- ownership (one bench cell, one process) ----------------------------------------------------------------
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on ``path``, or None while another process holds it.
+
+    The kernel releases the lock when its process ends, however it ends (kill -9 included), so a killed
+    owner never leaves a stale lock to detect. The file holds the owner's ``<pid>@<host>`` for messages and
+    is never removed (removing a lock file races with a process that just opened it). On a file system
+    without locks the lock is taken without one, with a warning."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        logging.getLogger("taskres").warning("cannot lock %s (%s): two sweeps on this folder may run one cell "
+                                             "twice", path, exc.strerror or type(exc).__name__)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, _owner().encode())
+    except OSError as exc:  # a full disk: name the file
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    os.close(fd)  # closing the descriptor releases the lock
+
+
+def wait_for_lock(path: Path) -> None:
+    """Return once no process holds ``path`` (its owner finished, or died)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        pass  # no locks on this file system: nothing to wait for
+    finally:
+        os.close(fd)
+
+
+def lock_owner(path: Path) -> str | None:
+    """The ``<pid>@<host>`` written in a lock file (None: none)."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None

@@ -27,12 +27,13 @@ from typing import Callable
 
 import torch
 
-from .backbone import MINI_MODEL, BackboneConfig
+from .backbone import MINI_MODEL, PRECISIONS, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
 from .methods import METHODS, check_regime, get_method, recipe_of
 from .methods.text_recipe import TASKRES
+from .typed import typed_value
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
 # The methods of the paper's comparisons, in the paper's order (those absent from METHODS are skipped).
@@ -175,19 +176,45 @@ def read_sweep_file(path: str | Path) -> dict:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"--config: {path}: unknown key(s) {', '.join(unknown)}")
+    return _typed_file_values(data, path)
+
+
+# The element type of the sweep's list settings (a file may give one value, a list, or "1,2" text).
+_LIST_ITEMS = {"datasets": "str", "methods": "str", "targets": "str", "shots": "int", "seeds": "int"}
+
+
+def _typed_file_values(data: dict, path: Path) -> dict:
+    """Each value of a sweep file checked against its SweepConfig field, by the conversion ``--set`` values go
+    through (taskres.typed): ``views: 2.5``, ``shots: [2.7]``, ``augment: 'false'`` are refused in one line."""
+    types = {f.name: f.type for f in dataclasses.fields(SweepConfig)}
+    for key, value in data.items():
+        where = f"--config {path}: {key}"
+        if key in ("backbones", "_shared_backbone") or value is None:
+            continue
+        if key == "method_params":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) or v is None for v in value.values()):
+                raise ValueError(f"{where}: expected a mapping of method names to mappings of parameters "
+                                 f"(taskres: {{epochs: 50}}), not {value!r}")
+        elif key in _LIST_ITEMS:
+            if isinstance(value, dict):
+                raise ValueError(f"{where}: expected a list, not the mapping {value!r}")
+            data[key] = [typed_value(v, _LIST_ITEMS[key], where, text_bools=False) for v in _as_list(value)]
+        else:
+            data[key] = typed_value(value, types[key], where, text_bools=False)
     return data
 
 
 def _backbone_entry(entry, shared: dict, source) -> dict:
+    types = {f.name: f.type for f in dataclasses.fields(BackboneSpec)}
     if isinstance(entry, str):
-        return {"name": entry, **shared}
+        entry = {"name": entry}
     if isinstance(entry, dict) and "name" in entry:
-        allowed = {f.name for f in dataclasses.fields(BackboneSpec)}
-        bad = sorted(set(entry) - allowed)
+        bad = sorted(set(entry) - set(types))
         if bad:
             raise ValueError(f"--config: {source}: backbone key(s) {', '.join(bad)} unknown (known: "
-                             f"{', '.join(sorted(allowed))})")
-        return {**shared, **entry}
+                             f"{', '.join(sorted(types))})")
+        return {k: typed_value(v, types[k], f"--config {source}: backbone {k}", text_bools=False)
+                for k, v in {**shared, **entry}.items()}
     raise ValueError(f"--config: {source}: a backbone is a model name or a mapping with 'name', not {entry!r}")
 
 
@@ -215,6 +242,8 @@ def resolve_sweep(*layers: dict, set_items: list[str] = ()) -> SweepConfig:
             elif key == "_override_backbone":
                 override_backbone.update({k: v for k, v in value.items() if v is not None})
             elif key == "method_params":
+                if not isinstance(value, dict):
+                    raise ValueError(f"method_params: expected a mapping of method names to parameters, not {value!r}")
                 for m, params in value.items():
                     merged.setdefault("method_params", {}).setdefault(m, {}).update(params or {})
             else:
@@ -224,7 +253,7 @@ def resolve_sweep(*layers: dict, set_items: list[str] = ()) -> SweepConfig:
             merged[key] = [str(v) for v in _as_list(merged[key])]
     for key in ("shots", "seeds"):
         if key in merged:
-            merged[key] = [_int(v, f"--{key}") for v in _as_list(merged[key])]
+            merged[key] = [typed_value(v, "int", f"--{key}") for v in _as_list(merged[key])]
     merged["backbones"] = [
         BackboneSpec(**{**shared_backbone, **(dataclasses.asdict(b) if isinstance(b, BackboneSpec) else
                                               b if isinstance(b, dict) else {"name": b}), **override_backbone})
@@ -233,13 +262,6 @@ def resolve_sweep(*layers: dict, set_items: list[str] = ()) -> SweepConfig:
     _apply_set_items(sweep, set_items)
     check_sweep(sweep)
     return sweep
-
-
-def _int(value, option: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{option}: expected whole numbers, got {value!r}") from None
 
 
 def _param_names(method: str) -> set[str]:
@@ -270,6 +292,9 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
 
 def check_sweep(sweep: SweepConfig) -> None:
     """Every option checked before any work starts; messages name the option at fault."""
+    for f in dataclasses.fields(SweepConfig):  # a SweepConfig built in Python gets the sweep file's type checks
+        if not any(k in str(f.type) for k in ("list", "dict")):
+            typed_value(getattr(sweep, f.name), f.type, f"--{f.name.replace('_', '-')}", text_bools=False)
     if sweep.protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}")
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):
@@ -281,6 +306,10 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
     if any(k < 1 for k in sweep.shots):
         raise ValueError(f"--shots must all be at least 1, not {sweep.shots}")
+    from .api import check_seed
+
+    for seed in sweep.seeds:
+        check_seed(seed, "--seeds")
     if sweep.regime not in REGIMES:
         raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
     if sweep.views < 1:
@@ -289,6 +318,14 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
     if sweep.num_workers is not None and sweep.num_workers < 0:
         raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
+    for b in sweep.backbones:  # what would fail in every cell fails now, before --dry-run says all is well
+        if b.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {b.precision!r} (backbone "
+                             f"{b.name})")
+        try:
+            torch.device(b.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"--device must be cpu or cuda[:N], not {b.device!r} (backbone {b.name})") from None
     if sweep.search_split not in SEARCH_SPLITS:
         raise ValueError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}")
     if sweep.protocol == "domain" and not sweep.targets:

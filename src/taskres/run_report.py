@@ -266,5 +266,6 @@ def render_run_report(metrics: dict, classifier=None) -> str:
 def write_run_report(path: str | Path, metrics: dict, classifier=None) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(render_run_report(metrics, classifier), encoding="utf-8")
+        # surrogateescape: an image whose name is not UTF-8 is named by its own bytes, not a crash
+        tmp.write_text(render_run_report(metrics, classifier), encoding="utf-8", errors="surrogateescape")
     return path

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
 
 from .base import DatasetError, Sample, TaskData
-from .coop import list_images, read_classnames_file
+from .coop import IMAGE_EXTENSIONS, list_images, read_classnames_file
+
+log = logging.getLogger("taskres")
 
 CLASSNAMES_FILE = "classnames.txt"
 # The CoOp code base splits datasets that ship without a split 50/20/30 (train/val/test).
@@ -27,7 +30,13 @@ def _display_names(folders: list[str], root: Path, classnames_file: Path | None)
         if missing:
             raise DatasetError(f"{path} has no class name for folder(s) {missing[:5]}")
         return [mapping[f] for f in folders]
-    return [f.replace("_", " ") for f in folders]
+    return [_readable(f).replace("_", " ") for f in folders]
+
+
+def _readable(name: str) -> str:
+    """A folder name as text: a name that is not UTF-8 (Python holds its bytes as surrogate escapes, which no
+    text encoder, page or figure takes) shows its undecodable bytes as U+FFFD; the folder keeps its name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_split_folder(folder: Path, class_folders: list[str]) -> list[Sample]:
@@ -36,6 +45,31 @@ def _read_split_folder(folder: Path, class_folders: list[str]) -> list[Sample]:
         if (folder / cls).is_dir():
             items.extend(Sample(p, label) for p in list_images(folder / cls))
     return items
+
+
+def _unread_nested_images(folders: list[Path]) -> tuple[int, str | None]:
+    """Images in sub-folders of class folders (not read: a class is the images directly in its folder), and
+    the first one; a sub-folder may hold rejects or another split, so it is named rather than guessed at."""
+    count, first = 0, None
+    for folder in folders:
+        for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            for dirpath, dirnames, files in os.walk(sub):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                images = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+                count += len(images)
+                first = first or (os.path.join(dirpath, images[0]) if images else None)
+    return count, first
+
+
+def _check_classes(root: Path, classes: list[str], class_dirs: list[Path], read: int) -> None:
+    """Say what the folder layout leaves out or makes meaningless: one line, before any work."""
+    if len(classes) < 2:
+        raise DatasetError(f"dataset folder {root} has {len(classes)} class folder(s): classifying needs at least 2 "
+                           "(every image of a single class is trivially right)")
+    nested, first = _unread_nested_images(class_dirs)
+    if nested:
+        log.warning("dataset folder %s: %d image(s) in sub-folders of class folders are not read (%d are), e.g. %s; "
+                    "move them into their class folder to use them", root, nested, read, first)
 
 
 def read_class_folder(root: Path, classnames_file: Path | None = None,
@@ -71,5 +105,8 @@ def read_class_folder(root: Path, classnames_file: Path | None = None,
             splits["train"] += [Sample(p, label) for p in images[:n_train]]
             splits["val"] += [Sample(p, label) for p in images[n_train:n_train + n_val]]
             splits["test"] += [Sample(p, label) for p in images[n_train + n_val:]]
+    split_dirs = [root / s for s in ("train", "val", "test")] if (root / "train").is_dir() else [root]
+    _check_classes(root, class_folders, [d / c for d in split_dirs for c in class_folders if (d / c).is_dir()],
+                   sum(len(v) for v in splits.values()))
     names = _display_names(class_folders, root, classnames_file)
     return TaskData(root.name, names, list(templates), alpha=0.5, class_ids=class_folders, **splits)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..datasets.base import Sample
 from ..io import atomic_path, write_json_atomic
-from ..transforms import ImageError
+from ..transforms import ImageError, load_image
 from .extract import _ShardBatches, loader_workers, prepare_encoder
 from .keys import View, entry_key
 from .shards import (DEFAULT_SHARD_SIZE, STORE_DTYPES, VERIFY_MODES, BadRow, CacheEntry, CachedFeatures,
@@ -113,6 +113,13 @@ class FeatureCache:
                 self._discard(f, why)
             _remove(entry.index_path, "the index of an entry with a damaged shard")
             return None
+        stale = [f for f, rec in zip(files, index["checks"]) if self._stale_verdict(entry, rec)]
+        if stale:  # an image refused then reads now (or fails otherwise): its shard is encoded again
+            for f in stale:
+                _remove(f, "a shard with a stale verdict")
+                _remove(check_path(f), "the record of a shard with a stale verdict")
+            _remove(entry.index_path, "the index of an entry with a stale verdict")
+            return None
         return CachedFeatures(files, [BadRow(**b) for rec in index["checks"] for b in rec["bad"]])
 
     def _read_index(self, entry: CacheEntry) -> dict | None:
@@ -167,7 +174,35 @@ class FeatureCache:
                 if shard.exists():  # a record without its shard is a killed writer's: nothing to report
                     self._discard(shard, why)
                 missing.append(i)
+            elif self._stale_verdict(entry, rec):
+                _remove(shard, "a shard with a stale verdict")
+                _remove(check_path(shard), "the record of a shard with a stale verdict")
+                missing.append(i)
         return missing
+
+    @staticmethod
+    def _stale_verdict(entry: CacheEntry, record: dict) -> bool:
+        """True when an image the record calls unreadable now reads, or fails for another reason.
+
+        An "unreadable" verdict depends on more than the image list the key is made of: the pixel limit in
+        force (--max-image-pixels), the file's permissions. So it is never trusted from the cache: each
+        such image is tried again (one decode per bad image), and a changed outcome re-encodes its shard.
+        """
+        for bad in record["bad"]:
+            if bad["kind"] != "unreadable":
+                continue  # non-finite features: the encoder's answer, part of the key
+            try:
+                load_image(entry.paths[bad["row"]])
+            except ImageError as exc:
+                if str(exc) == bad["message"]:
+                    continue
+                log.info("feature cache: %s now fails otherwise (%s); its shard is encoded again",
+                         entry.paths[bad["row"]], exc)
+                return True
+            log.info("feature cache: %s was unreadable when cached and reads now; its shard is encoded again",
+                     entry.paths[bad["row"]])
+            return True
+        return False
 
     # -- writing ------------------------------------------------------------------------------------
     def encode(self, backbone, work: Sequence[tuple[CacheEntry, int]], *, batch_size: int = 128,
@@ -278,11 +313,28 @@ class FeatureCache:
         if not samples:
             return EncodedFeatures(torch.empty(0, backbone.embed_dim), torch.ones(0, dtype=torch.bool), [])
         paths = [s.path for s in samples]
-        got = self._fill(backbone, paths, view, batch_size, num_workers, skip_bad, progress, desc)
-        if isinstance(got, CachedFeatures):
-            got = EncodedFeatures(got.to_tensor(), got.valid, got.bad)
+        for attempt in range(2):
+            got = self._fill(backbone, paths, view, batch_size, num_workers, skip_bad, progress, desc)
+            if isinstance(got, CachedFeatures):
+                got = EncodedFeatures(got.to_tensor(), got.valid, got.bad)
+            if attempt or not self._drop_nonfinite(self.entry(backbone, paths, view), got):
+                break
         self._report_bad(got.bad, skip_bad)
         return got
+
+    def _drop_nonfinite(self, entry: CacheEntry, got: EncodedFeatures) -> bool:
+        """Remove the shards whose rows their records call valid but hold NaN/inf (bytes changed on disk, which
+        ``verify="none"`` does not hash); True when one was removed (the caller encodes them again).
+
+        Checked on the rows already in memory, so it costs one pass over them, not a read of the files."""
+        broken = ~torch.isfinite(got.features).all(dim=1) & got.valid
+        if entry.directory is None or not bool(broken.any()):
+            return False
+        for i in sorted({int(r) // entry.shard_size for r in torch.nonzero(broken).flatten()}):
+            self._discard(entry.shard_path(i), "it holds NaN/inf in rows its record calls valid (bytes changed; "
+                                               "unnoticed by --verify-cache none)")
+        _remove(entry.index_path, "the index of an entry with a damaged shard")
+        return True
 
     def features(self, backbone, samples: list[Sample], view: View = View(), **kwargs) -> torch.Tensor:
         """:meth:`encoded`'s features alone [N, D] (float32); rows of skipped images are NaN."""

@@ -52,10 +52,16 @@ class View:
         raise ValueError(f"unknown view kind {self.kind!r}")
 
 
+def _raw(text: str) -> bytes:
+    """A path's own bytes: UTF-8, and a name that is not UTF-8 (held by Python as surrogate escapes) as it is
+    on disk; the same bytes as before for every UTF-8 name, so existing keys and seeds do not change."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def path_seed(path: str) -> int:
     """A per-image seed from the file's last two path parts (class folder and name), not its absolute path:
     the same dataset gets the same augmentations wherever it is stored."""
-    return zlib.crc32("/".join(Path(path).parts[-2:]).encode())
+    return zlib.crc32(_raw("/".join(Path(path).parts[-2:])))
 
 
 def image_list_digest(paths: list[str]) -> str:
@@ -63,9 +69,9 @@ def image_list_digest(paths: list[str]) -> str:
     for p in paths:
         try:
             st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(_raw(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n"))
         except OSError:
-            h.update(f"{p}\0missing\n".encode())
+            h.update(_raw(f"{p}\0missing\n"))
     return h.hexdigest()
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ..classifier import Classifier, ClassifierMeta
+from ..typed import typed_value
 from .text_recipe import TASKRES, TextRecipe
 
 log = logging.getLogger("taskres")
@@ -163,27 +164,8 @@ def parse_overrides(params_cls: type, items: list[str] | dict | None) -> dict:
 
 
 def _convert(value, annotation, key):
-    if not isinstance(value, str):
-        return value
-    text = str(annotation)
-    if value.lower() in ("none", "null") and "None" in text:
-        return None
-    if value.strip().lower() == "auto" and "'auto'" in text.replace('"', "'"):
-        return "auto"  # a field annotated Literal["auto"] (TaskRes's alpha, lr): searched by the method
-    try:
-        if "bool" in text:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        if "int" in text and "float" not in text:
-            return int(value)
-        if "float" in text:
-            return float(value)
-    except ValueError:
-        raise ValueError(f"--set {key}={value}: expected {text}") from None
-    if "list" in text or "tuple" in text:
-        return [float(v) for v in value.split(",")]
-    return value
+    # one conversion for --set text and typed values (a sweep file's method_params, the API): taskres.typed
+    return typed_value(value, annotation, f"--set {key}={value}" if isinstance(value, str) else f"--set {key}")
 
 
 # What every method's parameter of a given name must satisfy: (what the message says, the test). One table

@@ -1,9 +1,8 @@
-"""Fault injection on the feature cache: damaged shards and indexes, and images whose features are NaN/inf.
-
-Each damaged shard must give one warning line naming it, be rebuilt, and leave the run's result (the cached
-features, a fit's top-1 and classifier tensors) identical to the undamaged run's. An image with NaN/inf
-features must be named with the reason, or skipped with a warning and a count under --skip-bad-images.
-"""
+"""What taskres promises about its feature cache: a damaged shard (changed bytes, truncated, zeroed, pickled)
+or index is named in one warning, rebuilt, and the fit's result is the undamaged one's; rows turned into NaN/inf
+are caught even when shards are not hashed (--verify-cache none); an image with NaN/inf features is named, or
+skipped and counted with --skip-bad-images; a verdict "unreadable" never outlives its cause (a pixel limit
+lifted, a file fixed): the image is tried again; two processes filling one cache at once both succeed."""
 
 from __future__ import annotations
 
@@ -387,3 +386,68 @@ def test_extract_names_and_re_encodes_a_damaged_shard(class_folder, tmp_path, ca
     lines = cache_warnings(caplog)
     assert len(lines) == 1 and str(shard) in lines[0]
     assert shard.read_bytes() == before
+
+
+# -- verdicts on images -----------------------------------------------------------------------------------
+def test_an_image_refused_once_is_tried_again_once_its_cause_is_gone(tmp_path, capsys, caplog, monkeypatch):
+    """A verdict "unreadable" depends on the pixel limit in force and on permissions, which the cache key
+    does not see: the error's own advice (--max-image-pixels 0) must work after a refusal was cached."""
+    from conftest import TINY_MODEL, make_class_folder
+    from PIL import Image
+
+    from taskres.transforms import MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "")  # the CLI sets it for its decoding workers; restored after the test
+    folder = make_class_folder(tmp_path / "d" / "colours", per_class=6)
+    big = load_dataset(str(folder)).test[0].path
+    Image.new("RGB", (60, 60), (220, 30, 30)).save(big)  # 3,600 pixels; the others have 1,600
+    args = ["fit", "--dataset", str(folder), "--backbone", TINY_MODEL, "--pretrained", "none", "--method",
+            "zeroshot", "--shots", "1", "--views", "1", "--quiet", "--max-image-pixels", "2000"]
+    assert main([*args, "--skip-bad-images"]) == 0
+    assert "(7 images)" in capsys.readouterr().out  # the big one skipped, the verdict cached
+    with caplog.at_level("INFO", logger="taskres"):
+        assert main([*args[:-1], "0"]) == 0  # the error's advice works: read, not refused from the cache
+    assert "(8 images)" in capsys.readouterr().out and "reads now" in caplog.text
+
+
+def test_an_image_fixed_under_the_same_size_and_time_is_read_again(class_folder, tiny_backbone, tmp_path):
+    """A file unreadable for a reason the key cannot see (permissions; here its bytes swapped back under the
+    same size and mtime) is read again on the next run, not served as skipped from the cache."""
+    import os
+
+    task = load_dataset(str(class_folder))
+    samples = task.test[:SHARD + 2]
+    cache = FeatureCache(tmp_path / "c", shard_size=SHARD)
+    truth = cache.features(tiny_backbone, samples, progress=False)
+    cache = FeatureCache(tmp_path / "c2", shard_size=SHARD)
+    victim = pathlib.Path(samples[1].path)
+    good, st = victim.read_bytes(), victim.stat()
+    victim.write_bytes(b"x" * len(good))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        first = cache.encoded(tiny_backbone, samples, skip_bad=True, progress=False)
+    finally:
+        victim.write_bytes(good)
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert first.valid.tolist() == [True, False] + [True] * SHARD
+    again = cache.encoded(tiny_backbone, samples, progress=False)  # no skip: the image reads now
+    assert bool(again.valid.all()) and torch.equal(again.features, truth)
+
+
+def test_nan_bytes_under_verify_none_are_caught_and_rebuilt(undamaged, class_folder, tiny_backbone, tmp_path, caplog):
+    """--verify-cache none does not hash shards; bytes changed into NaN must still never reach a method or a
+    metric (ECE's bincount, GDA's LinAlgError): the shard is named, removed and encoded again."""
+    root0, entries, top1, tensors = undamaged
+    root = tmp_path / "cache"
+    shutil.copytree(root0, root)
+    for which in ("test", "train"):
+        entry = FeatureCache(root, shard_size=SHARD).entry(tiny_backbone, entries[which].paths, entries[which].view)
+        path = entry.shard_path(1)
+        with open(path, "r+b") as fh:
+            fh.seek(data_offset(path) + 4 * 5)
+            fh.write(np.array([np.nan, np.inf], dtype=np.float32).tobytes())
+    with caplog.at_level("WARNING", logger="taskres"):
+        got_top1, got = run_fit(class_folder, root, tiny_backbone, verify="none")
+    lines = cache_warnings(caplog)
+    assert len(lines) == 2 and all("NaN/inf in rows its record calls valid" in line for line in lines), lines
+    assert got_top1 == top1 and all(torch.equal(tensors[k], got[k]) for k in tensors)  # the undamaged run's
