@@ -8,7 +8,7 @@ trains and prints test top-1 for:
 - fixed default: the values ``taskres fit`` uses without ``--set`` (the demo task's alpha 0.5, lr 1e-2);
 - lr ~ rms(t): the default lr rescaled with the text classifier's size (lr = 1e-2 * rms(c t) / rms(t)), the
   "lr relative to the norm" rule, alpha 0.5;
-- auto: ``alpha=auto, lr=auto``, chosen on the few-shot val split (methods/autotune.py);
+- auto: ``alpha=auto, lr=auto``, chosen on the few-shot val split (methods/taskres/autotune.py);
 - grid best on test: the auto grid's best candidate by *test* top-1, an oracle (not a method) that shows
   how much the val split's size costs the selection.
 
@@ -32,7 +32,7 @@ import torch
 from taskres.api import FitConfig, build_context, encode_split, make_cache, top1, training_source
 from taskres.backbone import BackboneConfig, load_backbone
 from taskres.datasets import load_dataset, make_fewshot_split
-from taskres.methods.autotune import text_rms
+from taskres.methods.taskres.autotune import text_rms
 from taskres.methods.taskres import TaskRes, TaskResParams
 from taskres.mini.tasks import DEMO_TASKS
 

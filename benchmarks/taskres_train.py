@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from taskres.features import CachedViews
 from taskres.methods.base import FitContext
-from taskres.methods.fused import available as fused_available
+from taskres.methods.taskres.fused import available as fused_available
 from taskres.methods.taskres import FusedStep, ResidualGradient, TaskRes, TaskResParams
 from taskres.methods.training import CoupledAdam, Schedule, epoch_batches
 

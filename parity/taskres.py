@@ -286,13 +286,13 @@ def _fit_fp64(meta, base, views, labels, logit_scale):
     """What ``TaskRes.fit`` wires together, in float64 (fit and its classifier are float32)."""
     from taskres.classifier import logit_scale_exp
     from taskres.features.views import CachedViews
-    from taskres.methods.taskres import ResidualGradient, TaskResParams, _NormalisedSource
+    from taskres.methods.taskres import ResidualGradient, TaskResParams, NormalisedSource
     from taskres.methods.training import Schedule, train_loop
 
     params = TaskResParams(alpha=meta["alpha"], lr=meta["lr"], epochs=meta["epochs"])
     residual = torch.nn.Parameter(torch.zeros_like(base))
     step = ResidualGradient(base, params.alpha, logit_scale_exp(logit_scale))
-    source = _NormalisedSource(CachedViews(views, labels, seed=meta["seed"]), torch.float64, torch.device("cpu"))
+    source = NormalisedSource(CachedViews(views, labels, seed=meta["seed"]), torch.float64, torch.device("cpu"))
     lrs, epochs = [], []
 
     def record(epoch, step_index, lr, loss):

@@ -11,7 +11,7 @@ from test_taskres import D, separable_context
 
 from taskres.classifier import load_classifier, save_classifier
 from taskres.methods import TrainingError, get_method
-from taskres.methods.autotune import KAPPAS, SIGMAS, candidate_grid, text_rms, val_scores
+from taskres.methods.taskres.autotune import KAPPAS, SIGMAS, candidate_grid, text_rms, val_scores
 from taskres.methods.base import parse_overrides
 from taskres.methods.taskres import TaskRes, TaskResParams
 from taskres.methods.taskres_enhanced import TaskResEnhancedParams

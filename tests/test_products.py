@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from taskres.features import CachedViews
-from taskres.methods import products
+from taskres.methods.taskres import products
 from taskres.methods.base import FitContext
 from taskres.methods.taskres import TaskRes, TaskResParams
 

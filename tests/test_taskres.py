@@ -260,7 +260,7 @@ def test_batch_by_batch_sources_train_like_in_memory_views(products):
 
 def test_fused_weights_kernel_rounds_like_torch_and_gives_the_norms():
     pytest.importorskip("numba")
-    from taskres.methods.fused import FusedBf16Adam
+    from taskres.methods.taskres.fused import FusedBf16Adam
 
     g = torch.Generator().manual_seed(6)
     base = torch.randn(37, 300, generator=g)
@@ -277,7 +277,7 @@ def test_fused_weights_kernel_rounds_like_torch_and_gives_the_norms():
 
 def test_fused_adam_kernel_is_torch_adam_on_the_corrected_gradient():
     pytest.importorskip("numba")
-    from taskres.methods.fused import FusedBf16Adam
+    from taskres.methods.taskres.fused import FusedBf16Adam
     from taskres.methods.training import CoupledAdam
 
     g = torch.Generator().manual_seed(7)
@@ -311,7 +311,7 @@ def test_fused_bf16_training_matches_the_torch_bf16_path():
 
 
 def test_bf16_falls_back_to_torch_without_numba(monkeypatch):
-    from taskres.methods import fused
+    from taskres.methods.taskres import fused
 
     monkeypatch.setattr(fused, "available", lambda: False)
     monkeypatch.setattr("taskres.methods.taskres.fused_available", lambda: False)
@@ -326,7 +326,7 @@ def test_fused_fp32_kernel_is_torch_adam_and_remakes_the_weights():
     """One kernel: gradient product - coef t', coupled L2, Adam (as CoupledAdam, to round-off), and the next
     step's t' = t + alpha x with its norms."""
     pytest.importorskip("numba")
-    from taskres.methods.fused import FusedFp32Adam
+    from taskres.methods.taskres.fused import FusedFp32Adam
     from taskres.methods.training import CoupledAdam
 
     g = torch.Generator().manual_seed(8)

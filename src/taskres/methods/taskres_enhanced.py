@@ -38,7 +38,7 @@ from .training import Schedule, make_adam
 @dataclass
 class TaskResEnhancedParams(TaskResParams):
     # TaskRes's own parameters (alpha, lr, epochs, ...) are inherited and used unchanged in step 4; alpha/lr
-    # "auto" searches them there, on the enhanced base (methods/autotune.py).
+    # "auto" searches them there, on the enhanced base (methods/taskres/autotune.py).
     proj_lrs: list = field(default_factory=lambda: [1e-5, 1e-4, 1e-3])  # searched on the val split
     proj_epochs: int = 50  # per learning rate; every epoch is a candidate
     proj_batch_size: int = 256

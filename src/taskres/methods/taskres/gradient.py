@@ -1,73 +1,16 @@
-"""Task Residual Tuning (Yu et al., CVPR 2023).
+"""TaskRes's training step without autograd: the closed-form gradient of the equation in ``__init__``,
+the fused CPU step built on it, and the training sources those steps read (normalised once, on the device).
 
-The frozen text classifier t (template mean of unnormalised class-name embeddings) is kept; a residual x,
-zero at the start, is learned; classification uses t' = t + alpha * x with CLIP's logit scale:
-
-    logits = exp(logit_scale) * normalize(f) @ normalize(t + alpha * x)^T
-
-Loss: cross-entropy. Regulariser: Adam's coupled weight decay 5e-4 on x (pulls x back to 0).
+Every class here is held by a test to the plain equation (``taskres_logits`` with autograd and
+``torch.optim.Adam``): the equation first (``__init__.py``), then these fast paths.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from ..classifier import CosineClassifier, logit_scale_exp
-from . import autotune
-from .autotune import check_auto_params
-from . import text_recipe as recipes
-from .base import FitContext, Method
-from .fused import available as fused_available
-from .products import check_choice, choose_products
-from .training import Schedule, resolve_device, train_loop
-
-RN50_NAMES = ("RN50", "RN50-quickgelu")  # one architecture: the -quickgelu name only sets the activation
-
-
-@dataclass
-class TaskResParams:
-    # "auto" (alpha, lr or both): searched on the few-shot val split, see methods/autotune.py
-    alpha: float | Literal["auto"] | None = None  # None: the dataset's (0.5; 1.0 for Oxford Flowers)
-    lr: float | Literal["auto"] | None = None  # None: 2e-3 for the 10 non-ImageNet datasets on RN50, else 2e-4
-    epochs: int | None = None  # None: RN50: 100 (1/2/4 shots) or 200 (8/16 shots); other backbones 200
-    batch_size: int = 256
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    gradient: str = "closed_form"  # "closed_form" (fast, exact) | "autograd"
-    products: str = "fp32"  # "fp32" (faithful) | "bf16": bf16 operands for the two matrix products | "auto":
-    #   bf16 where a short probe measures it faster on this machine, else fp32 (products.py)
-    fused: bool = True  # on the CPU: fused kernels for the passes over the weights, if numba is installed
-    device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
-
-    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
-        if self.gradient not in GRADIENTS:
-            raise ValueError(f"--set gradient must be one of {', '.join(GRADIENTS)}, not {self.gradient!r}")
-        check_choice(self.products)  # "auto" too: resolved to fp32 or bf16 in fit
-
-
-def reference_defaults(task_name: str, backbone_model: str, shots: int, dataset_alpha: float,
-                       dataset_lr: float | None) -> dict:
-    """The reference configs' alpha / lr / epochs for a (dataset, backbone, shots) cell."""
-    is_rn50 = backbone_model in RN50_NAMES
-    if dataset_lr is not None:
-        lr = dataset_lr  # ImageNet: 2e-4
-    else:
-        lr = 2e-3 if is_rn50 else 2e-4
-    epochs = (100 if shots <= 4 else 200) if is_rn50 else 200
-    return {"alpha": dataset_alpha, "lr": lr, "epochs": epochs}
-
-
-def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.Tensor, alpha: float,
-                   logit_scale: float) -> torch.Tensor:
-    """The paper's forward pass."""
-    weights = base + alpha * residual  # t' = t + alpha * x
-    return logit_scale_exp(logit_scale) * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).t()
-
+from .fused import FusedBf16Adam, FusedFp32Adam, FusedSoftmaxTerms
 
 PRODUCTS = ("fp32", "bf16")
 GRADIENTS = ("closed_form", "autograd")
@@ -175,8 +118,6 @@ class FusedStep:
 
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float, lr: float,
                  weight_decay: float, products: str = "bf16"):
-        from .fused import FusedBf16Adam, FusedFp32Adam, FusedSoftmaxTerms
-
         check_products(products)
         self.products = products
         self.terms = FusedSoftmaxTerms(alpha, scale)
@@ -200,7 +141,7 @@ class FusedStep:
         return loss
 
 
-class _DeviceSource:
+class DeviceSource:
     """A training source whose batches (float32) and labels are moved to ``device``."""
 
     def __init__(self, source, device: torch.device):
@@ -217,7 +158,7 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-class _NormalisedSource:
+class NormalisedSource:
     """A training source whose rows come L2-normalised, in the products' dtype, on the training device.
 
     Cached views are normalised and converted once, not at every step (in bf16 they take half the memory).
@@ -236,69 +177,3 @@ class _NormalisedSource:
         if self._views.shape[0] == 1:
             return self._views[0].index_select(0, idx.to(self.device))
         return self._views[self.source.view_choice(epoch)[idx].to(self.device), idx.to(self.device)]
-
-
-@dataclass
-class TaskRes(Method):
-    name = "taskres"
-    paper = 'Yu et al., "Task Residual for Tuning Vision-Language Models", CVPR 2023'
-    Params = TaskResParams
-    description = "Task Residual Tuning: t' = t + alpha * x, x learned from the few shots"
-    text_recipe = recipes.TASKRES  # raw names, the dataset's templates, the unnormalised mean
-
-    def resolved_params(self, ctx: FitContext) -> TaskResParams:
-        params = self.params or TaskResParams()
-        ref = reference_defaults(ctx.task_name, ctx.backbone_identity.get("model", ""), ctx.shots,
-                                 ctx.dataset_alpha, ctx.dataset_lr)
-        return replace(params, **{k: v for k, v in ref.items() if getattr(params, k) is None})
-
-    def products_for(self, params: TaskResParams, ctx: FitContext, base: torch.Tensor, device: torch.device) -> str:
-        """``--set products`` resolved for this run: ``auto`` by a probe on this machine, a slow bf16 warned
-        (:mod:`.products`). The classifier's hparams record what ran."""
-        if params.gradient != "closed_form":
-            return "fp32" if params.products == "auto" else params.products  # autograd has fp32 products only
-        batch = min(params.batch_size, ctx.train.num_samples)
-        return choose_products(params.products, base, batch, device, params.fused)
-
-    def fit(self, ctx: FitContext, base: torch.Tensor | None = None, on_step=None) -> CosineClassifier:
-        params = self.resolved_params(ctx)
-        if check_auto_params(params):  # alpha and/or lr "auto": a grid of fixed-value fits, chosen on val
-            base = ctx.text_classifier if base is None else base
-            ref = reference_defaults(ctx.task_name, ctx.backbone_identity.get("model", ""), ctx.shots,
-                                     ctx.dataset_alpha, ctx.dataset_lr)
-            return autotune.search(ctx, params, base, lambda p, c: TaskRes(p).fit(c, base=base, on_step=on_step),
-                                   ref)
-        check_choice(params.products)
-        device = (getattr(ctx.backbone, "device", None) or torch.device("cpu")) if params.device == "auto" \
-            else resolve_device(params.device)
-        base = (ctx.text_classifier if base is None else base).float().to(device)
-        params = replace(params, products=self.products_for(params, ctx, base, device))
-        residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros
-        schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
-        scale = logit_scale_exp(ctx.logit_scale)
-        common = dict(batch_size=params.batch_size, weight_decay=params.weight_decay, seed=ctx.seed,
-                      progress=ctx.progress, desc="TaskRes", on_step=on_step)
-        if params.gradient == "closed_form" and params.fused and device.type == "cpu" and fused_available():
-            stepper = FusedStep(base, residual.detach(), params.alpha, scale, schedule.lr_at(0),
-                                params.weight_decay, params.products)
-            source = _NormalisedSource(ctx.train, stepper.feature_dtype, device)
-            history = train_loop([residual], None, source, schedule, step_fn=stepper, **common)
-        elif params.gradient == "closed_form":
-            step = ResidualGradient(base, params.alpha, scale, params.products)
-            source = _NormalisedSource(ctx.train, step.feature_dtype, device)
-            history = train_loop([residual], None, source, schedule,
-                                 grad_fn=lambda feats, labels: step(feats, labels, residual.detach()), **common)
-        elif params.gradient == "autograd":
-            if params.products != "fp32":
-                raise ValueError("--set products=bf16 needs gradient=closed_form")
-            source = _DeviceSource(ctx.train, device)
-
-            def loss_fn(feats, labels):
-                logits = taskres_logits(feats, base, residual, params.alpha, ctx.logit_scale)
-                return F.cross_entropy(logits, labels)
-
-            history = train_loop([residual], loss_fn, source, schedule, **common)
-        else:
-            raise ValueError(f"--set gradient must be 'closed_form' or 'autograd', not {params.gradient!r}")
-        meta = ctx.meta(self.name, params, loss_history=history)
-        return CosineClassifier(meta, base.cpu(), residual.detach().cpu(), params.alpha, ctx.logit_scale)

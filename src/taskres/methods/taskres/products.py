@@ -22,7 +22,10 @@ from typing import Callable
 
 import torch
 
-from ..io import write_json_atomic
+from ...io import write_json_atomic
+from ..training import CoupledAdam
+from . import fused as kernels
+from .gradient import FusedStep, ResidualGradient
 
 log = logging.getLogger("taskres")
 
@@ -110,10 +113,6 @@ def time_steps(base: torch.Tensor, batch: int, device: torch.device, fused: bool
     """Seconds per TaskRes step with fp32 and with bf16 products at this shape on ``device``: the same steps
     a run would take (the fused kernels where the run would use them), on random data, alternating the two
     paths and keeping each one's fastest repeat (the least disturbed by other work on the machine)."""
-    from .fused import available as fused_available
-    from .taskres import FusedStep, ResidualGradient
-    from .training import CoupledAdam
-
     gen = torch.Generator().manual_seed(0)
     classes, dim = base.shape
     weights = base.detach().float().to(device)
@@ -122,7 +121,7 @@ def time_steps(base: torch.Tensor, batch: int, device: torch.device, fused: bool
 
     def make(products):
         residual = torch.zeros_like(weights)
-        if fused and device.type == "cpu" and fused_available():
+        if fused and device.type == "cpu" and kernels.available():  # looked up at call time (tests turn it off)
             step = FusedStep(weights, residual, 0.5, 100.0, 1e-4, 5e-4, products)
             feats = raw.to(step.feature_dtype)
             return lambda: step(feats, labels, 1e-4)

@@ -40,9 +40,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..classifier import Classifier
-from .base import FitContext, TrainingError
-from .common import has_val
+from ...classifier import Classifier
+from ..base import FitContext, TrainingError
+from ..common import has_val
 
 log = logging.getLogger("taskres")
 AUTO = "auto"
