@@ -94,7 +94,7 @@ def write_views(folder: Path, classes: int, shots: int, dim: int, views: int, sh
 
 def gather_bench(data: Path, args) -> None:
     """Seconds to fetch one epoch of batches: from memory-mapped shards vs from a float32 tensor in RAM."""
-    from taskres.methods.training import epoch_batches
+    from taskres.methods.kit.training import epoch_batches
 
     labels = torch.from_numpy(np.load(data / "labels.npy"))
     mapped = [CachedFeatures(sorted((data / f"view{v}").glob("shard-*.npy"))) for v in range(args.views)]

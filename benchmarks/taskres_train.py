@@ -33,7 +33,7 @@ from taskres.features import CachedViews
 from taskres.methods.base import FitContext
 from taskres.methods.taskres.fused import available as fused_available
 from taskres.methods.taskres import FusedStep, ResidualGradient, TaskRes, TaskResParams
-from taskres.methods.training import CoupledAdam, Schedule, epoch_batches
+from taskres.methods.kit.training import CoupledAdam, Schedule, epoch_batches
 
 
 def make_data(classes, shots, dim, views, seed=0):

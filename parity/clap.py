@@ -212,7 +212,7 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
 # -------------------------------------------------------------------------------------------- taskres's
 def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from taskres.methods.clap import CLAPParams, clap_train, image_loader_batches
-    from taskres.methods.training import Schedule
+    from taskres.methods.kit.training import Schedule
 
     g = fixture.for_dtype(golden, dtype)
     views = g["train_views"].to(dtype)

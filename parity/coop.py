@@ -42,8 +42,8 @@ from taskres.features.views import CachedViews
 from taskres.methods.base import FitContext
 from taskres.methods.coop import (CoOp, CoOpParams, logit_scale_tensor, prompt_features, prompt_logits,
                                   training_tower)
-from taskres.methods.text_encoder import TextTower
-from taskres.methods.training import Schedule
+from taskres.methods.kit.text_encoder import TextTower
+from taskres.methods.kit.training import Schedule
 
 OFFICIAL = {
     "repo": "KaiyangZhou/CoOp",

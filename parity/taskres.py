@@ -138,7 +138,7 @@ def _patched(official, dtype: torch.dtype, state: dict):
 def _epoch_batches(views: torch.Tensor, labels: torch.Tensor) -> list[dict]:
     """Each epoch's one full batch: the view taskres's CachedViews shows, in train_loop's random order."""
     from taskres.features.views import CachedViews
-    from taskres.methods.training import epoch_batches
+    from taskres.methods.kit.training import epoch_batches
 
     source = CachedViews(views, labels, seed=SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -267,11 +267,11 @@ def _fit_fp32(meta, base, views, labels, logit_scale):
     lrs, epochs = [], []
     train_loop = mt.train_loop
 
-    def watched(params, *args, on_step=None, **kwargs):  # fit's x is its one parameter (updated in place)
-        def record(epoch, step, lr, loss):
+    def watched(step, *args, on_step=None, **kwargs):  # fit's step updates x, its ``param``, in place
+        def record(epoch, step_index, lr, loss):
             lrs.append(lr)
-            epochs.append(params[0].detach().clone())  # one full batch: one step per epoch
-        return train_loop(params, *args, on_step=record, **kwargs)
+            epochs.append(step.param.detach().clone())  # one full batch: one step per epoch
+        return train_loop(step, *args, on_step=record, **kwargs)
 
     params = mt.TaskResParams(alpha=meta["alpha"], lr=meta["lr"], epochs=meta["epochs"])
     mt.train_loop = watched
@@ -287,7 +287,7 @@ def _fit_fp64(meta, base, views, labels, logit_scale):
     from taskres.classifier import logit_scale_exp
     from taskres.features.views import CachedViews
     from taskres.methods.taskres import ResidualGradient, TaskResParams, NormalisedSource
-    from taskres.methods.training import Schedule, train_loop
+    from taskres.methods.kit.training import ClosedFormStep, Schedule, train_loop
 
     params = TaskResParams(alpha=meta["alpha"], lr=meta["lr"], epochs=meta["epochs"])
     residual = torch.nn.Parameter(torch.zeros_like(base))
@@ -299,10 +299,11 @@ def _fit_fp64(meta, base, views, labels, logit_scale):
         lrs.append(lr)
         epochs.append(residual.detach().clone())
 
-    losses = train_loop([residual], None, source, Schedule(params.lr, params.epochs, params.warmup_epochs,
-                                                          params.warmup_lr),
-                        batch_size=params.batch_size, weight_decay=params.weight_decay, seed=meta["seed"],
-                        progress=False, grad_fn=lambda f, y: step(f, y, residual.detach()), on_step=record)
+    schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
+    closed_form = ClosedFormStep(residual, lambda f, y: step(f, y, residual.detach()), schedule.lr_at(0),
+                                 params.weight_decay)
+    losses = train_loop(closed_form, source, schedule, batch_size=params.batch_size, seed=meta["seed"],
+                        progress=False, on_step=record)
     return residual.detach(), losses, lrs, epochs
 
 

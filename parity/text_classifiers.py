@@ -10,7 +10,7 @@ function runs as written on the fixture's tiny CLIP (fp64 and fp32):
 - CLAP, TaskRes: ``_get_base_text_features`` of ``trainers/adapters.py`` / ``trainers/taskres.py`` with their
   ``TextEncoder``, for cfg.DATASET.NAME "UCF101" and "ImageNet";
 - CLIP-Adapter: ``clip_adapter.py`` ``TextEncoder(cfg, classnames, clip_model).forward()``.
-``recompute`` builds each with the method's taskres text recipe (taskres.methods.text_recipe) from the
+``recompute`` builds each with the method's taskres text recipe (taskres.methods.kit.text_recipe) from the
 templates taskres's own dataset readers give UCF101 and ImageNet.
 """
 

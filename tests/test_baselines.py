@@ -21,7 +21,7 @@ from taskres.datasets import DatasetError, TaskData, load_dataset, make_fewshot_
 from taskres.features import CachedViews, View, entry_key
 from taskres.methods import METHODS, FitContext, get_method
 from taskres.methods.clap import outer_step, zero_shot_confidence
-from taskres.methods.common import linspace_grid
+from taskres.methods.kit.search import linspace_grid
 from taskres.methods.lpp import init_alpha
 from taskres.methods.zeroshot import IMAGENET_TEMPLATES_SELECT, ensemble_templates, normalized_template_mean
 from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_command, fit_config

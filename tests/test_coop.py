@@ -17,7 +17,7 @@ from taskres.features.views import CachedViews
 from taskres.methods import get_method
 from taskres.methods.base import FitContext
 from taskres.methods.coop import PromptLearner, CoOpParams, resolve_precision
-from taskres.methods.text_encoder import TextTower
+from taskres.methods.kit.text_encoder import TextTower
 
 
 def _ctx(device: str = "cpu") -> FitContext:
@@ -97,10 +97,10 @@ def test_half_precisions_are_coops_paths_to_the_last_ulps_with_its_full_pass_and
     # value (measured on 1 and 2 threads: most are equal bit for bit; the new classes' fp32 features of the
     # amp run differ by 2.7 ulps, open_clip's batch-first attention summing in another order than OpenAI's;
     # the lr by 1e-19, torch's cosine being a recursion and Schedule the closed form).
-    import taskres.methods.common as common
+    import taskres.methods.kit.training as training
 
     monkeypatch.setattr(TextTower, "_needed_length", lambda self, tokens: tokens.shape[1])
-    monkeypatch.setattr(common, "epoch_batches",
+    monkeypatch.setattr(training, "epoch_batches",
                         lambda n, batch_size, generator, keep_partial=False: [torch.arange(n)])
     ours, official, _ = _against_official(precision, name)
     for key in parity_coop.OUTPUTS:

@@ -26,7 +26,7 @@ from taskres.methods import CLASSIFIERS, METHODS, FitContext, TrainingError, get
 from taskres.methods.coop import coop_epochs
 from taskres.methods.taskres import TaskRes, TaskResParams
 from taskres.methods.taskres_enhanced import template_mean_pre_projection
-from taskres.methods.text_encoder import TextTower
+from taskres.methods.kit.text_encoder import TextTower
 
 from conftest import TINY_MODEL
 
@@ -423,7 +423,7 @@ def test_classifier_module_imports_no_method_and_new_kinds_register_themselves(t
 
 
 def test_text_tower_runs_the_causal_prefix_only_and_gives_the_full_length_features(tiny_backbone):
-    from taskres.methods.text_encoder import TextTower
+    from taskres.methods.kit.text_encoder import TextTower
 
     tower = TextTower(tiny_backbone)
     texts = ["a photo of a red thing.", "x", "a longer prompt with several more words in it"]

@@ -12,7 +12,7 @@ from taskres.api import FitConfig, fit
 from taskres.backbone import BackboneConfig
 from taskres.features import CachedFeatures, CachedViews, MappedViews
 from taskres.methods import METHODS, FitContext, TrainingError, check_regime, get_method
-from taskres.methods import common
+from taskres.methods.kit import samples
 from taskres.protocols import BackboneSpec, SweepConfig, check_sweep
 
 from conftest import TINY_MODEL
@@ -62,7 +62,7 @@ def outputs(method: str, train, params=None) -> torch.Tensor:
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(common, "ROW_CHUNK", 5)  # streaming in several chunks, crossing views and shards
+    monkeypatch.setattr(samples, "ROW_CHUNK", 5)  # streaming in several chunks, crossing views and shards
 
 
 @pytest.mark.parametrize("method", ONE_PASS)

@@ -17,11 +17,11 @@ from taskres.datasets.coop import IMAGENET_TEMPLATES
 from taskres.methods import METHODS, get_method, recipe_of
 from taskres.methods import coop as coop_module
 from taskres.methods.base import TrainingError
-from taskres.methods.text_recipe import IMAGENET_SELECT, TASKRES
+from taskres.methods.kit.text_recipe import IMAGENET_SELECT, TASKRES
 
 NAMES = ["Apply_Eye_Makeup", "tabby_cat", "dog"]
 SPACED = ["Apply Eye Makeup", "tabby cat", "dog"]
-# What each original prompts with (verified in its official code; methods/text_recipe.py cites the files).
+# What each original prompts with (verified in its official code; methods/kit/text_recipe.py cites the files).
 SPACES = {"zeroshot", "zeroshot_ens", "coop", "clip_adapter", "tip_adapter", "tip_adapter_f", "lpp", "gda"}
 RAW = {"taskres", "taskres_enhanced", "clap", "linear_probe"}
 # method -> templates on ImageNet (the dataset's own there: TaskRes's 8)

@@ -26,7 +26,7 @@ from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_s
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, check_regime, get_method, recipe_of
-from .methods.text_recipe import TASKRES, TextRecipe
+from .methods.kit.text_recipe import TASKRES, TextRecipe
 from .metrics import split_evaluation
 from .run_report import write_run_report
 from .typed import typed_value
@@ -377,7 +377,7 @@ def _fit(cfg: FitConfig, method, backbone, task, cache, work_dir: Path | None) -
                                                      **({"method_source": source} if source else {})})
         write_json_atomic(work_dir / "splits.json", split_record(task, split, cfg.eval_splits))
 
-    recipe = method.recipe  # how the method's original builds its text classifier (methods/text_recipe.py)
+    recipe = method.recipe  # how the method's original builds its text classifier (methods/kit/text_recipe.py)
     base = text_classifier_for(task, backbone, recipe)  # t, computed once per run
     crop = method.crop_scale(task.name)  # the method's crop on this dataset, as its release does
     train = training_source(cfg, backbone, cache, split, crop)

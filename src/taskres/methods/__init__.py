@@ -17,7 +17,7 @@ from .gda import GDA
 from .linear_probe import LinearProbe
 from .lpp import LPP
 from .taskres import TaskRes
-from .text_recipe import TASKRES, TextRecipe
+from .kit.text_recipe import TASKRES, TextRecipe
 from .taskres_enhanced import TaskResEnhanced
 from .tip_adapter import TipAdapter, TipAdapterF
 from .zeroshot import ZeroShot, ZeroShotEnsemble

@@ -25,7 +25,7 @@ import torch
 
 from ..classifier import Classifier
 from .base import FitContext, Method, TrainingError
-from .common import has_val
+from .kit.search import has_val
 
 log = logging.getLogger("taskres")
 
@@ -160,14 +160,13 @@ class AutoMethod(Method):
 
     def classifier_for_new_classes(self, classifier: Classifier, ctx: FitContext) -> Classifier | None:
         """Base-to-new: the chosen method's own rule for classes it never saw."""
-        from ..protocols import classifier_for_new_classes
         from . import get_method
 
         name = (classifier.meta.extra.get("auto") or {}).get("chosen")
         if name is None:
             return None
         method = get_method(name, self.params.candidate_params.get(name))
-        return classifier_for_new_classes(method, classifier, ctx.with_recipe(method.recipe))
+        return method.classifier_for_new_classes(classifier, ctx.with_recipe(method.recipe))
 
 
 def fit_candidates(params: AutoParams, ctx: FitContext) -> list[Candidate]:

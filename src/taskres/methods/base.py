@@ -16,7 +16,7 @@ import torch
 
 from ..classifier import Classifier, ClassifierMeta
 from ..typed import typed_value
-from .text_recipe import TASKRES, TextRecipe
+from .kit.text_recipe import TASKRES, TextRecipe
 
 log = logging.getLogger("taskres")
 
@@ -109,7 +109,7 @@ class Method:
     # True where ``train_views="all"`` makes the method hold every cached view in memory at once (full-batch
     # steps on V x N rows): refused with memory-mapped views, which exist to avoid exactly that.
     all_views_in_memory: ClassVar[bool] = False
-    # How the method's original builds its zero-shot text classifier (methods/text_recipe.py). Default:
+    # How the method's original builds its zero-shot text classifier (methods/kit/text_recipe.py). Default:
     # TaskRes's base, which methods that use no text (the linear probe) get for their zero-shot column.
     text_recipe: ClassVar[TextRecipe] = TASKRES
 
@@ -130,6 +130,12 @@ class Method:
 
     def fit(self, ctx: FitContext) -> Classifier:
         raise NotImplementedError
+
+    def classifier_for_new_classes(self, classifier: Classifier, ctx: FitContext) -> Classifier | None:
+        """Base-to-new: a classifier over ``ctx``'s classes, which ``classifier`` was never trained on, or None
+        where the method cannot score classes it never saw (the run's "new" score is then NaN). A method
+        that can overrides this; ``ctx`` holds the new classes' names and text classifier."""
+        return None
 
     def resolved_params(self, ctx: FitContext) -> Any:
         """The parameters with dataset/backbone dependent defaults filled in (override when needed)."""
@@ -225,3 +231,13 @@ def _show(value) -> str:
 
 
 MethodFactory = Callable[..., Method]
+
+
+def require_positive(name: str, value: float) -> None:
+    if value is None or not value > 0:
+        raise ValueError(f"--set {name} must be positive, not {value}")
+
+
+def check_epochs(epochs: int, name: str = "epochs") -> None:
+    if epochs is None or epochs < 0:
+        raise ValueError(f"--set {name} must be 0 or more, not {epochs}")

@@ -43,10 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
-from . import text_recipe as recipes
-from .base import FitContext, Method
-from .common import LinearClassifier, TrainSamples, check_classes, check_epochs, require_positive
-from .training import Schedule, check_finite
+from .kit import text_recipe as recipes
+from .base import FitContext, Method, check_epochs, require_positive
+from .kit.heads import LinearClassifier
+from .kit.samples import TrainSamples, check_classes
+from .kit.training import Schedule, check_finite
 
 CONSTRAINTS = ("l2", "none")
 MULTIPLIERS = ("fixed", "adaptive")

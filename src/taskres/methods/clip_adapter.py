@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import Classifier, ClassifierMeta, cosine_logits
-from . import text_recipe as recipes
-from .base import FitContext, Method
-from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd, working_float
+from .kit import text_recipe as recipes
+from .base import FitContext, Method, check_epochs, require_positive
+from .kit.samples import working_float
+from .kit.training import OptimizerStep, Schedule, seeded_generator, sgd, train_loop
 from .coop import coop_epochs
-from .training import Schedule
 
 # dataset -> r. Every value is the released clip_adapter.py's ``ratio = 0.2`` (CustomCLIP.forward); datasets
 # without a row (folders, demo tasks) get CLIP_ADAPTER_DEFAULT_RATIO.
@@ -133,8 +133,8 @@ class ClipAdapter(Method):
 
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
         optimizer = sgd([fc1, fc2], params.lr, params.momentum, params.weight_decay)
-        history = run_epochs([fc1, fc2], loss_fn, ctx.train, schedule, optimizer, batch_size=params.batch_size,
-                             seed=ctx.seed, progress=ctx.progress, desc="CLIP-Adapter")
+        history = train_loop(OptimizerStep([fc1, fc2], loss_fn, optimizer), ctx.train, schedule,
+                             batch_size=params.batch_size, seed=ctx.seed, progress=ctx.progress, desc="CLIP-Adapter")
         meta = ctx.meta(self.name, params, loss_history=history)
         return AdapterClassifier(meta, fc1.detach(), fc2.detach(), text, params.ratio, ctx.logit_scale)
 

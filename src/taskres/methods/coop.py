@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import ClassifierMeta, CosineClassifier
-from . import text_recipe as recipes
-from .base import FitContext, Method, TrainingError
-from .common import check_epochs, require_positive, run_epochs, seeded_generator, sgd
-from .text_encoder import TextTower
-from .training import Schedule
+from .kit import text_recipe as recipes
+from .base import FitContext, Method, TrainingError, check_epochs, require_positive
+from .kit.training import OptimizerStep, Schedule, seeded_generator, sgd, train_loop
+from .kit.text_encoder import TextTower
 
 log = logging.getLogger("taskres")
 
@@ -231,9 +230,10 @@ class CoOp(Method):
 
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
         optimizer = sgd([learner.ctx], params.lr, params.momentum, params.weight_decay)
-        history = run_epochs([learner.ctx], loss_fn, ctx.train, schedule, optimizer,
-                             batch_size=params.batch_size, seed=ctx.seed, progress=ctx.progress, desc="CoOp",
-                             device=device, dtype=dtype, scaler=torch.amp.GradScaler(device.type) if amp else None)
+        step = OptimizerStep([learner.ctx], loss_fn, optimizer, device=device, dtype=dtype,
+                             scaler=torch.amp.GradScaler(device.type) if amp else None)
+        history = train_loop(step, ctx.train, schedule, batch_size=params.batch_size, seed=ctx.seed,
+                             progress=ctx.progress, desc="CoOp")
         with torch.no_grad():
             base = prompt_features(tower, learner).float().cpu()
         meta = ctx.meta(self.name, params, loss_history=history, n_ctx=learner.n_ctx,

@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
-from . import text_recipe as recipes
+from .kit import text_recipe as recipes
 from .base import FitContext, Method
-from .common import (ClassMoments, LinearClassifier, TrainSamples, accuracy, check_classes, class_moments, has_val,
-                     normalized_text, warn_no_val)
+from .kit.heads import LinearClassifier, normalized_text
+from .kit.samples import ClassMoments, TrainSamples, check_classes, class_moments
+from .kit.search import accuracy, has_val, warn_no_val
 
 
 @dataclass

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from .base import FitContext, Method
-from .common import LinearClassifier, accuracy, check_classes, has_val, train_matrix, warn_no_val
-from .training import resolve_device
+from .kit.heads import LinearClassifier
+from .kit.samples import check_classes, train_matrix
+from .kit.search import accuracy, has_val, warn_no_val
+from .kit.training import resolve_device
 
 
 @dataclass

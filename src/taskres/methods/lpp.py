@@ -36,11 +36,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import text_recipe as recipes
-from .base import FitContext, Method
-from .common import (LinearClassifier, accuracy, check_classes, check_epochs, has_val, normalized_text,
-                     train_matrix, warn_no_val)
-from .training import check_finite
+from .kit import text_recipe as recipes
+from .base import FitContext, Method, check_epochs
+from .kit.heads import LinearClassifier, normalized_text
+from .kit.samples import check_classes, train_matrix
+from .kit.search import accuracy, has_val, warn_no_val
+from .kit.training import check_finite
 
 
 @dataclass

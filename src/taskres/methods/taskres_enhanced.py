@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import CosineClassifier, logit_scale_exp
-from . import text_recipe as recipes
-from .base import FitContext, Method, TrainingError
-from .common import check_epochs, has_val, run_epochs, warn_no_val
+from .kit import text_recipe as recipes
+from .base import FitContext, Method, TrainingError, check_epochs
+from .kit.search import has_val, warn_no_val
+from .kit.training import OptimizerStep, Schedule, make_adam, train_loop
 from .taskres import TaskRes, TaskResParams
-from .text_encoder import TextTower
-from .training import Schedule, make_adam
+from .kit.text_encoder import TextTower
 
 
 @dataclass
@@ -113,9 +113,9 @@ def enhanced_base(ctx: FitContext, params: TaskResEnhancedParams) -> tuple[torch
                 best.update(snapshot, acc=acc, loss=loss)
 
         schedule = Schedule(lr, params.proj_epochs, params.proj_warmup_epochs, params.warmup_lr)
-        run_epochs(trained, loss_fn, ctx.train, schedule, make_adam(trained, lr, params.proj_weight_decay),
-                   batch_size=params.proj_batch_size, seed=ctx.seed, progress=ctx.progress,
-                   desc=f"TaskRes* projection (lr {lr:g})", on_epoch_end=on_epoch_end, device=device)
+        step = OptimizerStep(trained, loss_fn, make_adam(trained, lr, params.proj_weight_decay), device=device)
+        train_loop(step, ctx.train, schedule, batch_size=params.proj_batch_size, seed=ctx.seed,
+                   progress=ctx.progress, desc=f"TaskRes* projection (lr {lr:g})", on_epoch_end=on_epoch_end)
     summary = {"proj_lr": best["lr"], "proj_epoch": best["epoch"], "proj_val_top1": best["acc"],
                "pretrained_proj_val_top1": pretrained_acc}
     if best["epoch"] == 0:

@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from ..classifier import Classifier, ClassifierMeta
-from . import text_recipe as recipes
-from .base import FitContext, Method
-from .common import (StepCosine, accuracy, check_classes, check_epochs, has_val, linspace_grid, normalized_text,
-                     require_positive, run_epochs, train_matrix, warn_no_val, working_float, zero_shot_logits)
-from .training import epoch_batches
+from .kit import text_recipe as recipes
+from .base import FitContext, Method, check_epochs, require_positive
+from .kit.heads import normalized_text, zero_shot_logits
+from .kit.samples import check_classes, train_matrix, working_float
+from .kit.search import accuracy, has_val, linspace_grid, warn_no_val
+from .kit.training import OptimizerStep, StepCosine, epoch_batches, train_loop
 
 
 @dataclass(frozen=True)
@@ -263,9 +264,9 @@ class TipAdapterF(Method):
                                   keep_partial=True))
         schedule = StepCosine(params.lr, params.epochs, steps)
         optimizer = torch.optim.AdamW([keys], lr=params.lr, eps=params.eps, weight_decay=params.weight_decay)
-        history = run_epochs([keys], loss_fn, ctx.train, schedule, optimizer, batch_size=params.batch_size,
-                             seed=ctx.seed, progress=ctx.progress, desc="Tip-Adapter-F", on_epoch_end=on_epoch_end,
-                             keep_partial=True)
+        history = train_loop(OptimizerStep([keys], loss_fn, optimizer), ctx.train, schedule,
+                             batch_size=params.batch_size, seed=ctx.seed, progress=ctx.progress, desc="Tip-Adapter-F",
+                             on_epoch_end=on_epoch_end, keep_partial=True)
         if val_f is None and params.epochs > 0:
             warn_no_val("Tip-Adapter-F", "the keys of the last epoch")
         tuned = best["keys"]

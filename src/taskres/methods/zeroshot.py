@@ -1,7 +1,7 @@
 """Zero-shot CLIP: the frozen text classifier, as CoOp's zero-shot trainers build it (KaiyangZhou/CoOp
 trainers/zsclip.py; geekyutao/TaskRes carries the same file).
 
-``templates`` picks the text recipe (methods/text_recipe.py), and with it the classifier the run is given:
+``templates`` picks the text recipe (methods/kit/text_recipe.py), and with it the classifier the run is given:
 - ``dataset`` (default): ``ZeroshotCLIP``: the dataset's own template (CUSTOM_TEMPLATES; "a photo of a {}." on
   ImageNet and its variants), class names with "_" as spaces, normalised;
 - ``single``: "a photo of a {}." for every dataset, names with spaces;
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..classifier import CosineClassifier
-from . import text_recipe as recipes
+from .kit import text_recipe as recipes
 from .base import FitContext, Method
 
 SINGLE_TEMPLATE = recipes.PHOTO[0]

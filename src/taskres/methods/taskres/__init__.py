@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from ...classifier import CosineClassifier, logit_scale_exp
-from .. import text_recipe as recipes
+from ..kit import text_recipe as recipes
 from ..base import FitContext, Method
-from ..training import Schedule, resolve_device, train_loop
+from ...errors import OptionError
+from ..kit.training import (ClosedFormStep, OptimizerStep, Schedule, make_adam, resolve_device,
+                             train_loop)
 # the fast paths behind the equation, each in its own file (the equation and the method stay here)
 from . import autotune
 from .autotune import check_auto_params
@@ -117,29 +119,38 @@ class TaskRes(Method):
         residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros
         schedule = Schedule(params.lr, params.epochs, params.warmup_epochs, params.warmup_lr)
         scale = logit_scale_exp(ctx.logit_scale)
-        common = dict(batch_size=params.batch_size, weight_decay=params.weight_decay, seed=ctx.seed,
-                      progress=ctx.progress, desc="TaskRes", on_step=on_step)
+        common = dict(batch_size=params.batch_size, seed=ctx.seed, progress=ctx.progress, desc="TaskRes",
+                      on_step=on_step)
         if params.gradient == "closed_form" and params.fused and device.type == "cpu" and fused_available():
-            stepper = FusedStep(base, residual.detach(), params.alpha, scale, schedule.lr_at(0),
-                                params.weight_decay, params.products)
-            source = NormalisedSource(ctx.train, stepper.feature_dtype, device)
-            history = train_loop([residual], None, source, schedule, step_fn=stepper, **common)
-        elif params.gradient == "closed_form":
-            step = ResidualGradient(base, params.alpha, scale, params.products)
+            step = FusedStep(base, residual.detach(), params.alpha, scale, schedule.lr_at(0),
+                             params.weight_decay, params.products)
             source = NormalisedSource(ctx.train, step.feature_dtype, device)
-            history = train_loop([residual], None, source, schedule,
-                                 grad_fn=lambda feats, labels: step(feats, labels, residual.detach()), **common)
+        elif params.gradient == "closed_form":
+            gradient = ResidualGradient(base, params.alpha, scale, params.products)
+            source = NormalisedSource(ctx.train, gradient.feature_dtype, device)
+            step = ClosedFormStep(residual, lambda feats, labels: gradient(feats, labels, residual.detach()),
+                                  schedule.lr_at(0), params.weight_decay)
         elif params.gradient == "autograd":
             if params.products != "fp32":
-                raise ValueError("--set products=bf16 needs gradient=closed_form")
+                raise OptionError("products", f"must be fp32 with gradient=autograd, not {params.products}",
+                                  method=self.name)
             source = DeviceSource(ctx.train, device)
 
             def loss_fn(feats, labels):
                 logits = taskres_logits(feats, base, residual, params.alpha, ctx.logit_scale)
                 return F.cross_entropy(logits, labels)
 
-            history = train_loop([residual], loss_fn, source, schedule, **common)
+            step = OptimizerStep([residual], loss_fn, make_adam([residual], schedule.lr_at(0), params.weight_decay),
+                                 check_each_step=False)
         else:
-            raise ValueError(f"--set gradient must be 'closed_form' or 'autograd', not {params.gradient!r}")
+            raise OptionError("gradient", f"must be 'closed_form' or 'autograd', not {params.gradient!r}",
+                              method=self.name)
+        history = train_loop(step, source, schedule, **common)
         meta = ctx.meta(self.name, params, loss_history=history)
         return CosineClassifier(meta, base.cpu(), residual.detach().cpu(), params.alpha, ctx.logit_scale)
+
+    def classifier_for_new_classes(self, classifier: CosineClassifier, ctx: FitContext) -> CosineClassifier:
+        """Base-to-new: no residual was learned for an unseen class, so its row is the frozen text base t (x = 0)."""
+        alpha = getattr(classifier, "alpha", 0.0)
+        return CosineClassifier(ctx.meta(self.name, classifier.meta.hparams, new_classes="zero residual"),
+                                ctx.text_classifier, None, alpha, ctx.logit_scale)

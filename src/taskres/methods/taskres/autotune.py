@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ...classifier import Classifier
 from ..base import FitContext, TrainingError
-from ..common import has_val
+from ..kit.search import has_val
 
 log = logging.getLogger("taskres")
 AUTO = "auto"

@@ -119,7 +119,7 @@ class FusedStep:
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float, lr: float,
                  weight_decay: float, products: str = "bf16"):
         check_products(products)
-        self.products = products
+        self.products, self.param = products, residual  # what the step updates (in place)
         self.terms = FusedSoftmaxTerms(alpha, scale)
         self.feature_dtype = torch.bfloat16 if products == "bf16" else torch.float32
         if products == "bf16":

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from ...io import write_json_atomic
-from ..training import CoupledAdam
+from ..kit.training import CoupledAdam
 from . import fused as kernels
 from .gradient import FusedStep, ResidualGradient
 

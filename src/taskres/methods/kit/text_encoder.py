@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .base import TrainingError
+from ..base import TrainingError
 
 
 class TextTower:
