@@ -62,3 +62,14 @@ def test_each_fast_path_imports_alone_in_a_fresh_interpreter():
         code = f"import taskres.methods.taskres.{name}"
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_each_method_declares_on_its_class_whether_it_scores_new_classes():
+    import taskres.protocols as protocols
+    from taskres.methods import BUILTIN_METHODS
+    from taskres.methods.base import Method
+
+    declared = {name for name, cls in BUILTIN_METHODS.items()
+                if cls.classifier_for_new_classes is not Method.classifier_for_new_classes}
+    assert declared == {"zeroshot", "zeroshot_ens", "taskres", "coop", "clip_adapter", "auto"}
+    assert not hasattr(protocols, "NEW_CLASS_RULES")  # no side table beside the methods

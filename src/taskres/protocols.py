@@ -28,11 +28,11 @@ from typing import Callable
 import torch
 
 from .backbone import MINI_MODEL, PRECISIONS, BackboneConfig
-from .classifier import Classifier, CosineClassifier
+from .classifier import Classifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
 from .methods import METHODS, check_regime, get_method, recipe_of
-from .methods.text_recipe import TASKRES
+from .methods.kit.text_recipe import TASKRES
 from .typed import typed_value
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
@@ -447,31 +447,11 @@ def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-# How each method classifies classes it never saw (base-to-new). A method may instead define
-# ``classifier_for_new_classes(classifier, ctx)`` itself; one with neither gets no "new" score (NaN).
-def _zero_residual(method, classifier: Classifier, ctx) -> Classifier:
-    # TaskRes learns no residual for an unseen class: its row is the frozen text base t (x = 0).
-    alpha = getattr(classifier, "alpha", 0.0)
-    return CosineClassifier(ctx.meta(method.name, classifier.meta.hparams, new_classes="zero residual"),
-                            ctx.text_classifier, None, alpha, ctx.logit_scale)
-
-
-def _refit_on_new(method, classifier: Classifier, ctx) -> Classifier:
-    return method.fit(ctx)  # training-free: the same recipe applied to the new class names
-
-
-NEW_CLASS_RULES: dict[str, Callable] = {
-    "zeroshot": _refit_on_new,
-    "taskres": _zero_residual,
-}
-
-
 def classifier_for_new_classes(method, classifier: Classifier, ctx) -> Classifier | None:
+    """How the method scores classes it never saw, as it declares on its class (``Method.classifier_for_new_classes``);
+    None (a NaN "new" score) where it cannot, or where a plugin's method does not say."""
     hook = getattr(method, "classifier_for_new_classes", None)
-    if hook is not None:
-        return hook(classifier, ctx)
-    rule = NEW_CLASS_RULES.get(method.name)
-    return rule(method, classifier, ctx) if rule is not None else None
+    return hook(classifier, ctx) if hook is not None else None
 
 
 # -- rerun commands -----------------------------------------------------------------------------------------
