@@ -194,7 +194,7 @@ def test_methods_share_views_only_where_their_crops_agree(coop_tasks, tmp_path, 
 
 
 def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
-    from taskres.distributed import ExtractConfig, planned_views
+    from taskres.extract import ExtractConfig, planned_views
 
     def train_views(method):
         cfg = ExtractConfig("dtd", str(coop_tasks), splits=("train",), shots=2, views=2, method=method)
@@ -208,7 +208,7 @@ def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
 def test_gda_crops_imagenet_as_its_release(tmp_path):
     # mrflogs/ICLR24 datasets/imagenet.py: ImageNet's train_preprocess crops at 0.08-1, where every other
     # dataset goes through main_few_shots.py's train_tranform at 0.5-1; fit and extract both follow it
-    from taskres.distributed import ExtractConfig, planned_views
+    from taskres.extract import ExtractConfig, planned_views
 
     from conftest import COLOURS, draw
 

@@ -18,7 +18,7 @@ from conftest import TINY_MODEL
 from taskres.api import FitConfig, fit
 from taskres.cli import main
 from taskres.datasets import load_dataset, make_fewshot_split
-from taskres.distributed import KILL_HOOK
+from taskres.extract import KILL_HOOK
 from taskres.features import FeatureCache, View
 
 SHARD = 5  # the generated folder's few-shot lists span several shards of 5

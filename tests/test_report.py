@@ -14,7 +14,7 @@ from conftest import TINY_MODEL, make_coop_dataset
 from test_bench import FAST, make_mixed_folder
 
 from taskres import bench, cli
-from taskres.report import load_records, plot_fewshot, summarise_records, write_report
+from taskres.reports.tables import load_records, plot_fewshot, summarise_records, write_report
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_report_without_records_fails_in_one_line(tmp_path, capsys):
 
 
 def test_one_seed_has_no_std_and_the_table_shows_no_spread():
-    from taskres.report import _fmt, mean_std
+    from taskres.reports.tables import _fmt, mean_std
 
     assert mean_std([71.5]) == (71.5, None)
     assert mean_std([70.0, 72.0]) == (71.0, 1.0)

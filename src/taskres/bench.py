@@ -52,10 +52,11 @@ from typing import Callable
 import torch
 
 from .api import make_cache, versions
+from .atomic import atomic_folder, lock_owner, read_json, release_lock, try_lock, wait_for_lock, write_json_atomic
 from .backbone import load_backbone
 from .datasets import TaskData, load_dataset
-from .distributed import Group, kill_hook, rank_device
-from .io import atomic_folder, lock_owner, read_json, release_lock, try_lock, wait_for_lock, write_json_atomic
+from .extract import kill_hook
+from .process_group import Group, rank_device
 from .protocols import (PAPER_METHODS, PROTOCOL_RUNNERS, PROTOCOLS, Cell, CellEnv, SweepConfig, bench_command,
                         dataset_label, expand, preset, read_sweep_file, resolve_sweep)
 
@@ -480,7 +481,7 @@ def _now() -> str:
 
 
 def print_summary(summary: BenchSummary, echo: Callable[[str], None] = print) -> None:
-    from .report import render_markdown, summarise_records
+    from .reports.tables import render_markdown, summarise_records
 
     n = len(summary.cells)
     echo(f"bench: {n} cell(s): {len(summary.skipped)} already finished, {len(summary.ran)} run now, "

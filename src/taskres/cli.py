@@ -14,17 +14,17 @@ import logging
 import os
 import sys
 
+from .atomic import RunExistsError
 from .backbone import BackboneConfig, BackboneError
 from .classifier import ClassifierError
 from .datasets import DatasetError
 from .methods import METHODS, TrainingError
-from .io import RunExistsError
 from .transforms import MAX_PIXELS_ENV, ImageError
 
 USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
                ValueError)
 # Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
-VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.export",
+VERB_MODULES = ("taskres.bench", "taskres.reports.tables", "taskres.demo", "taskres.extract", "taskres.export",
                 "taskres.published", "taskres.catalog")
 
 

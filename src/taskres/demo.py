@@ -125,7 +125,7 @@ def describe_budget(sweep: SweepConfig) -> str:
 def run_demo(out_dir: str | Path = DEFAULT_OUT, *, progress: bool = True, echo=print, jobs: int | None = None,
              **sweep_options):
     """Run the demo sweep into ``out_dir`` and write its report there; returns (bench summary, report)."""
-    from .report import write_report
+    from .reports.tables import write_report
 
     sweep = demo_sweep(**sweep_options)
     echo(f"demo: {len(sweep.methods)} methods x {len(sweep.datasets)} tasks x shots "

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path, write_json_atomic
 from .backbone import Backbone
 from .classifier import Classifier, ClassifierError
-from .io import atomic_path, write_json_atomic
 
 log = logging.getLogger("taskres")
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}

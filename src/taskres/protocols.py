@@ -11,7 +11,7 @@ seed). Each protocol says what a cell does:
   fit on the base classes' shots (drawn over all classes, then the base half kept, as CoOp); top-1 on base
   test images among the base classes, on new test images among the new classes, and their harmonic mean.
 
-Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.report`.
+Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.reports.tables`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from kit import TINY, colours  # noqa: F401 (fixtures)
 
 from taskres import bench
 from taskres.cli import build_parser, main
-from taskres.io import lock_owner, release_lock, try_lock
+from taskres.atomic import lock_owner, release_lock, try_lock
 
 
 def bench_args(results, colours, *extra, seeds=("1", "2", "3"), methods=("zeroshot",)):

@@ -32,7 +32,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 
 import torch
 
@@ -41,6 +40,7 @@ from .cli import add_backbone_args, add_data_args, backbone_config
 from .datasets import load_dataset, make_fewshot_split
 from .features import (DEFAULT_SHARD_SIZE, STORE_DTYPES, CacheEntry, FeatureCache, View, loader_workers,
                        default_cache_dir)
+from .process_group import Group, rank_device
 
 DEFAULT_VIEWS = 10  # as ``taskres fit``
 # Test hook: "RANK:COUNT" makes that rank die abruptly (no cleanup) after writing COUNT shards.
@@ -79,53 +79,6 @@ class ExtractResult:
     cached_shards: int  # already on disk when the run started (all ranks' view)
     rank: int = 0
     world: int = 1
-
-
-@dataclass
-class Group:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-
-    @classmethod
-    def from_env(cls) -> "Group":
-        env = os.environ
-        try:
-            return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
-                       int(env.get("LOCAL_WORLD_SIZE", 1)))
-        except ValueError:
-            raise ValueError("RANK/WORLD_SIZE/LOCAL_RANK must be integers (they are set by torchrun)") from None
-
-    def start(self, device: torch.device, timeout_s: float) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s), device_id=device)
-        else:
-            dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def rank_device(device: str, group: Group) -> str:
-    """Plain ``cuda`` means this rank's own GPU (LOCAL_RANK) under torchrun."""
-    return f"cuda:{group.local_rank}" if device == "cuda" and group.world > 1 else device
 
 
 def method_aug_scale(method: str, dataset: str):

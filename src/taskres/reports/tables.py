@@ -12,7 +12,7 @@ method, dataset and shots, a backbone of that name with OpenAI's weights), the r
 the difference beside it, and marks the cells more than 1 point away.
 
 Writes ``report.md``, ``report.csv``, ``report.json``, ``fewshot__<backbone>.png/.svg`` and ``report.html``
-(the tables and figures on one self-contained page, taskres.sweep_report) into ``RESULTS_DIR/report/`` (or
+(the tables and figures on one self-contained page, taskres.reports.sweep) into ``RESULTS_DIR/report/`` (or
 ``--out``).
 """
 
@@ -24,11 +24,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import PAPER_DATASETS
-from .io import atomic_path, read_json, write_json_atomic
-from .protocols import PAPER_METHODS, harmonic_mean, safe_name
-from .published import AVERAGE, OFF_BY, PublishedIndex, load_published
-from .sweep_report import write_sweep_html
+from ..atomic import atomic_path, read_json, write_json_atomic
+from ..datasets import PAPER_DATASETS
+from ..protocols import PAPER_METHODS, harmonic_mean, safe_name
+from ..published import AVERAGE, OFF_BY, PublishedIndex, load_published
+from .sweep import write_sweep_html
 
 FIGURE_FORMATS = ("png", "svg")
 MAX_FAILED_LISTED = 20
