@@ -24,7 +24,8 @@ from taskres.methods.clap import outer_step, zero_shot_confidence
 from taskres.methods.common import linspace_grid
 from taskres.methods.lpp import init_alpha
 from taskres.methods.zeroshot import IMAGENET_TEMPLATES_SELECT, ensemble_templates, normalized_template_mean
-from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_command, fit_config
+from taskres.cli.commands import fit_command
+from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_config
 from taskres.transforms import random_resized_crop_box
 
 from conftest import TINY_MODEL, make_coop_dataset

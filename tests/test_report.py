@@ -14,6 +14,7 @@ from conftest import TINY_MODEL, make_coop_dataset
 from test_bench import FAST, make_mixed_folder
 
 from taskres import bench, cli
+from taskres.cli.bench import sweep_from_args
 from taskres.reports.tables import load_records, plot_fewshot, summarise_records, write_report
 
 
@@ -27,7 +28,7 @@ def results(tmp_path_factory):
         "bench", str(root / "res"), "--datasets", "caltech101", str(mixed), "--data-root", str(coop),
         "--shots", "1", "2", "--seeds", "1", "2", "--methods", "zeroshot", "taskres", "--backbone", TINY_MODEL,
         "--pretrained", "none", "--cache-dir", str(root / "cache"), *FAST])
-    sweep, _ = bench.sweep_from_args(args)
+    sweep, _ = sweep_from_args(args)
     summary = bench.run_sweep(sweep, root / "res", progress=False)
     assert summary.ok and len(summary.ran) == 16
     return root / "res"

@@ -498,28 +498,3 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     files.append(write_sweep_html(out_dir / "report.html", f"Results of {results_dir}", markdown, files,
                                   summary.num_records))
     return ReportResult(summary, files, drawn, markdown)
-
-
-def cmd_report(args) -> int:
-    published = False if args.no_published else (args.published or True)
-    result = write_report(args.results_dir, args.out, formats=tuple(args.format), figures=not args.no_figure,
-                          published=published)
-    if not result.summary.num_records and not result.summary.failed:
-        print(f"report: no records in {Path(args.results_dir) / 'records'}")
-    print(result.markdown.rstrip())
-    print("\nwrote " + ", ".join(str(p) for p in result.files))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="tables (Markdown, CSV, JSON) and figures from a bench's records",
-                              description="Tables and figures from the records a bench wrote, and nothing else.")
-    p.add_argument("results_dir", metavar="RESULTS_DIR", help="the folder a bench wrote (with records/)")
-    p.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
-    p.add_argument("--format", nargs="+", default=list(FIGURE_FORMATS), choices=["png", "svg", "pdf"],
-                   help="figure formats (default: png svg)")
-    p.add_argument("--no-figure", action="store_true", help="tables only")
-    p.add_argument("--published", default=None, metavar="TABLE.csv",
-                   help="published figures to compare with (default: the shipped table; see taskres published)")
-    p.add_argument("--no-published", action="store_true", help="no published column")
-    p.set_defaults(func=cmd_report)
