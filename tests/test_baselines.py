@@ -24,7 +24,8 @@ from taskres.methods.clap import outer_step, zero_shot_confidence
 from taskres.methods.kit.search import linspace_grid
 from taskres.methods.lpp import init_alpha
 from taskres.methods.zeroshot import IMAGENET_TEMPLATES_SELECT, ensemble_templates, normalized_template_mean
-from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_command, fit_config
+from taskres.cli.commands import fit_command
+from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_config
 from taskres.transforms import random_resized_crop_box
 
 from conftest import TINY_MODEL, make_coop_dataset
@@ -194,7 +195,7 @@ def test_methods_share_views_only_where_their_crops_agree(coop_tasks, tmp_path, 
 
 
 def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
-    from taskres.distributed import ExtractConfig, planned_views
+    from taskres.extract import ExtractConfig, planned_views
 
     def train_views(method):
         cfg = ExtractConfig("dtd", str(coop_tasks), splits=("train",), shots=2, views=2, method=method)
@@ -208,7 +209,7 @@ def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
 def test_gda_crops_imagenet_as_its_release(tmp_path):
     # mrflogs/ICLR24 datasets/imagenet.py: ImageNet's train_preprocess crops at 0.08-1, where every other
     # dataset goes through main_few_shots.py's train_tranform at 0.5-1; fit and extract both follow it
-    from taskres.distributed import ExtractConfig, planned_views
+    from taskres.extract import ExtractConfig, planned_views
 
     from conftest import COLOURS, draw
 

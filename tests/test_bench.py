@@ -18,7 +18,8 @@ from PIL import Image
 from conftest import COLOURS, TINY_MODEL, make_coop_dataset
 
 from taskres import api, bench, cli
-from taskres.protocols import (Cell, base_new_labels, expand, harmonic_mean, resolve_sweep, subset_classes)
+from taskres.cli.bench import sweep_from_args
+from taskres.protocols import (Cell, base_new_labels, expand, harmonic_mean, preset, resolve_sweep, subset_classes)
 
 TINY = ["--backbone", TINY_MODEL, "--pretrained", "none"]
 # Few epochs but a large step, so that the residual moves and seeds give different accuracies.
@@ -61,7 +62,7 @@ def records(results: Path) -> dict[str, dict]:
 
 def parse_sweep(argv):
     args = cli.build_parser().parse_args(argv)
-    return bench.sweep_from_args(args)[0]
+    return sweep_from_args(args)[0]
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path, sweep_data, monkeypatch, capsys):
@@ -189,7 +190,7 @@ def test_sweep_layers_preset_file_and_flags(tmp_path, capsys):
                    "backbones: [RN50, {name: ViT-B-16, label: vitb16}]\nmethod_params: {taskres: {epochs: 5}}\n")
     args = cli.build_parser().parse_args(["bench", str(tmp_path / "r"), "--preset", "paper", "--config", str(cfg),
                                           "--seeds", "2", "3", "--set", "taskres.lr=1e-3"])
-    sweep, missing = bench.sweep_from_args(args)
+    sweep, missing = sweep_from_args(args)
     assert sweep.datasets == ["dtd", "eurosat"] and sweep.shots == [1, 16] and sweep.seeds == [2, 3]
     assert [(b.display, b.pretrained) for b in sweep.backbones] == [("RN50", "none"), ("vitb16", "none")]
     assert sweep.method_params["taskres"] == {"epochs": 5, "lr": "1e-3"}
@@ -199,7 +200,7 @@ def test_sweep_layers_preset_file_and_flags(tmp_path, capsys):
     assert cli.main(["bench", str(tmp_path / "p"), "--preset", "paper", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     cells = [line for line in lines if line.startswith("todo")]
-    n_methods = len(resolve_sweep(bench.preset("paper")[0]).methods)
+    n_methods = len(resolve_sweep(preset("paper")[0]).methods)
     assert len(cells) == 11 * 5 * 3 * n_methods
     assert any("RN50__imagenet__taskres__16shot__seed3" in line for line in cells)
 

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder, read_json, write_json_atomic
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, check_width, class_rows, cosine_logits, load_classifier,
                          save_classifier)
 from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
-from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES, TextRecipe
 from .metrics import split_evaluation
-from .run_report import write_run_report
+from .reports.run import write_run_report
 from .typed import typed_value
 
 log = logging.getLogger("taskres")

@@ -11,7 +11,7 @@ seed). Each protocol says what a cell does:
   fit on the base classes' shots (drawn over all classes, then the base half kept, as CoOp); top-1 on base
   test images among the base classes, on new test images among the new classes, and their harmonic mean.
 
-Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.report`.
+Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.reports.tables`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import dataclasses
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,6 +32,7 @@ from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample
 from .datasets.fewshot import SEARCH_SPLITS
 from .methods import METHODS, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES
+from .cli.commands import eval_command, fit_command
 from .typed import typed_value
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
@@ -58,9 +58,6 @@ class BackboneSpec:
 
     def config(self) -> BackboneConfig:
         return BackboneConfig(self.name, self.pretrained, self.device, self.precision, self.quick_gelu)
-
-    def activation_flags(self) -> list[str]:
-        return [] if self.quick_gelu is None else ["--quick-gelu" if self.quick_gelu else "--no-quick-gelu"]
 
     @property
     def display(self) -> str:
@@ -452,61 +449,6 @@ def classifier_for_new_classes(method, classifier: Classifier, ctx) -> Classifie
     None (a NaN "new" score) where it cannot, or where a plugin's method does not say."""
     hook = getattr(method, "classifier_for_new_classes", None)
     return hook(classifier, ctx) if hook is not None else None
-
-
-# -- rerun commands -----------------------------------------------------------------------------------------
-def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> str:
-    """The ``taskres fit`` command that repeats a cell's training alone, on its exact few-shot split."""
-    b = cell.backbone
-    cmd = ["taskres", "fit", "--method", cell.method, "--dataset", cell.dataset]
-    if sweep.data_root:
-        cmd += ["--data-root", sweep.data_root]
-    cmd += ["--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-            *b.activation_flags(), "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
-            "--views", str(sweep.views)]
-    for k, v in sweep.method_params.get(cell.method, {}).items():
-        cmd += ["--set", f"{k}={v}"]
-    cmd += _data_flags(sweep)
-    if sweep.cache_dir is not None:
-        cmd += ["--cache-dir", sweep.cache_dir]
-    cmd += ["--split-file", str(split_file), "--out", str(out)]
-    return shlex.join(cmd)
-
-
-def _data_flags(sweep: SweepConfig) -> list[str]:
-    """The switches a rerun command needs to see the same training images as the sweep did."""
-    flags = [] if sweep.augment else ["--no-augment"]
-    if sweep.search_split != "fewshot":
-        flags += ["--search-split", sweep.search_split]
-    if sweep.allow_fewer_shots:
-        flags.append("--allow-fewer-shots")
-    if sweep.skip_bad_images:
-        flags.append("--skip-bad-images")
-    return flags
-
-
-def eval_command(run_dir: Path, dataset: str, sweep: SweepConfig) -> str:
-    cmd = ["taskres", "eval", str(run_dir), "--dataset", dataset]
-    if sweep.data_root:
-        cmd += ["--data-root", sweep.data_root]
-    return shlex.join(cmd)
-
-
-def bench_command(cell: Cell, sweep: SweepConfig, results_dir: Path) -> str:
-    """A one-cell ``taskres bench`` that repeats the cell in a folder of its own."""
-    b = cell.backbone
-    cmd = ["taskres", "bench", str(results_dir), "--protocol", cell.protocol, "--datasets", cell.dataset,
-           "--methods", cell.method, "--shots", str(cell.shots), "--seeds", str(cell.seed),
-           "--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-           *b.activation_flags(), "--regime", sweep.regime, "--views", str(sweep.views)]
-    if sweep.data_root:
-        cmd += ["--data-root", sweep.data_root]
-    if cell.protocol == "domain":
-        cmd += ["--targets", *sweep.targets]
-    for k, v in sweep.method_params.get(cell.method, {}).items():
-        cmd += ["--set", f"{cell.method}.{k}={v}"]
-    cmd += _data_flags(sweep)
-    return shlex.join(cmd)
 
 
 # -- running one cell ---------------------------------------------------------------------------------------

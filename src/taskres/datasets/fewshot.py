@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import write_json_atomic
+from ..atomic import write_json_atomic
 from .base import DatasetError, Sample, TaskData
 
 VAL_SHOTS_CAP = 4  # CoOp draws min(K, 4) validation images per class

@@ -2,7 +2,7 @@
 
 Entries are written shard by shard, each shard atomically after its check record (rows, type, content
 hash, bad images; see ``shards``), and an entry's ``index.json`` is written last: a killed run leaves
-finished shards, and the next run (on one process or many, see ``taskres.distributed``) encodes only what
+finished shards, and the next run (on one process or many, see ``taskres.extract``) encodes only what
 is missing. Shards are ``.npy`` files read back memory-mapped (:class:`CachedFeatures`);
 ``FeatureCache.features`` still returns the eager float32 tensor most callers want.
 
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..atomic import atomic_path, write_json_atomic
 from ..datasets.base import Sample
-from ..io import atomic_path, write_json_atomic
 from ..transforms import ImageError, load_image
 from .extract import _ShardBatches, loader_workers, prepare_encoder
 from .keys import View, entry_key

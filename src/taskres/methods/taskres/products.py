@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ...io import write_json_atomic
+from ...atomic import write_json_atomic
 from ..kit.training import CoupledAdam
 from . import fused as kernels
 from .gradient import FusedStep, ResidualGradient

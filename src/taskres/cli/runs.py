@@ -1,79 +1,12 @@
-"""The ``taskres`` command: a thin layer over the Python API (taskres.api).
-
-Verbs: fit, eval, predict (here); other modules add theirs through ``register(subparsers)`` listed in
-``VERB_MODULES``. Known errors print one line, ``taskres: error: ...``, and exit with status 2.
-"""
+"""``taskres fit``, ``eval`` and ``predict``: their flags, and the lines they print from the Python API's results."""
 
 from __future__ import annotations
 
-import argparse
-import errno
-import importlib
 import json
-import logging
-import os
 import sys
 
-from .backbone import BackboneConfig, BackboneError
-from .classifier import ClassifierError
-from .datasets import DatasetError
-from .methods import METHODS, TrainingError
-from .io import RunExistsError
-from .transforms import MAX_PIXELS_ENV, ImageError
-
-USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
-               ValueError)
-# Modules that add verbs with ``register(subparsers)``; each is optional until it exists.
-VERB_MODULES = ("taskres.bench", "taskres.report", "taskres.demo", "taskres.distributed", "taskres.export",
-                "taskres.published", "taskres.catalog")
-
-
-def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default="taskres-mini" if defaults else None,
-                   help="open_clip model name (RN50, ViT-B-16, ...) or hf-hub:ORG/REPO (default: the embedded "
-                        "taskres-mini)")
-    g.add_argument("--pretrained", default="default" if defaults else None,
-                   help="weights: a tag (openai, laion2b_s34b_b79k, ...), a checkpoint file, or 'none' for random "
-                        "weights (default: openai, or the packaged weights of taskres-mini)")
-    g.add_argument("--device", default="cpu" if defaults else None, help="cpu or cuda[:N]")
-    g.add_argument("--precision", default="fp32" if defaults else None, choices=["fp32", "fp16", "bf16"])
-    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
-                   help="the weights were trained with QuickGELU (--no-quick-gelu: nn.GELU); only for a checkpoint "
-                        "file that cannot say (tags, OpenAI's .pt archives and -quickgelu names are known)")
-
-
-def backbone_config(args) -> BackboneConfig | None:
-    if args.backbone is None:
-        return None
-    return BackboneConfig(args.backbone, args.pretrained or "default", args.device or "cpu",
-                          args.precision or "fp32", getattr(args, "quick_gelu", None))
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True,
-                   help="a registered dataset (imagenet, caltech101, ...), a demo task (mini-*), or a folder "
-                        "with one sub-folder of images per class")
-    p.add_argument("--data-root", default=None, help="the folder holding the CoOp dataset layout")
-    p.add_argument("--cache-dir", default=None,
-                   help="feature cache (default: $TASKRES_CACHE/features or ~/.cache/taskres/features; '' for "
-                        "none)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per encoder batch")
-    p.add_argument("--workers", type=int, default=None, help="image decoding workers (default: automatic)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip images without usable features (unreadable, or NaN/inf out of the encoder) with "
-                        "a warning and a count instead of stopping")
-    p.add_argument("--verify-cache", default=None, choices=["full", "none"],
-                   help="check cached shards when read: full (header, size and content hash; default) or none "
-                        "(header and size only: changed bytes go unnoticed); default: $TASKRES_VERIFY_CACHE")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_image_limit_arg(p)
-
-
-def add_image_limit_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
-                   help=f"refuse images of more than N pixels (default: ${MAX_PIXELS_ENV} or 89478485, PIL's "
-                        "limit; 0: no limit)")
+from ..methods import METHODS
+from .flags import add_backbone_args, add_data_args, add_image_limit_arg, backbone_config
 
 
 def shots_text(m: dict) -> str:
@@ -85,7 +18,7 @@ def shots_text(m: dict) -> str:
 
 
 def cmd_fit(args) -> int:
-    from .api import FitConfig, fit
+    from ..api import FitConfig, fit
 
     cfg = FitConfig(
         method=args.method, dataset=args.dataset, data_root=args.data_root, backbone=backbone_config(args),
@@ -95,7 +28,7 @@ def cmd_fit(args) -> int:
         batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
         allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet,
         verify_cache=args.verify_cache)
-    from .metrics import summary_lines
+    from ..metrics import summary_lines
 
     result = fit(cfg)
     m = result.metrics
@@ -104,7 +37,7 @@ def cmd_fit(args) -> int:
               f"% ({m['num_images'][split]} images)")
         print("\n".join(summary_lines(m["evaluation"][split])))
     if m.get("auto"):
-        from .methods.auto import summary_line
+        from ..methods.auto import summary_line
 
         print(summary_line(m["auto"]))
     search = m["hparams"].get("auto_search") if isinstance(m.get("hparams"), dict) else None
@@ -118,13 +51,13 @@ def cmd_fit(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .api import evaluate
+    from ..api import evaluate
 
     res = evaluate(args.run, args.dataset, data_root=args.data_root, split=args.split,
                    backbone_cfg=backbone_config(args), cache_dir=args.cache_dir, batch_size=args.batch_size,
                    num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet,
                    device=args.device, precision=args.precision, verify_cache=args.verify_cache)
-    from .metrics import summary_lines
+    from ..metrics import summary_lines
 
     subset = " (class subset)" if res["class_subset"] else ""
     print(f"{res['method']} on {res['dataset']} {res['split']}{subset}: top-1 = {res['top1']:.2f} % "
@@ -141,8 +74,8 @@ def printable(path: str) -> str:
 
 
 def cmd_predict(args) -> int:
-    from .api import predict
-    from .predictions import dump_json, write_csv
+    from ..api import predict
+    from ..predictions import dump_json, write_csv
 
     rows = predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args), device=args.device,
                    precision=args.precision, file_list=args.file_list, batch_size=args.batch_size,
@@ -161,12 +94,8 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskres", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    p = sub.add_parser("fit", help="adapt a backbone to a dataset from K shots and evaluate it")
+def register(subparsers) -> None:
+    p = subparsers.add_parser("fit", help="adapt a backbone to a dataset from K shots and evaluate it")
     p.add_argument("--method", default="taskres", choices=sorted(METHODS),
                    help="method (default: taskres; auto: the best on the validation split; taskres methods lists "
                         "them)")
@@ -197,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("eval", help="evaluate a saved classifier on a dataset split")
+    p = subparsers.add_parser("eval", help="evaluate a saved classifier on a dataset split")
     p.add_argument("run", help="a run folder or a classifier .safetensors file")
     add_data_args(p)
     add_backbone_args(p, defaults=False)
@@ -207,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "method and zero-shot)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top classes with probabilities for image files")
+    p = subparsers.add_parser("predict", help="top classes with probabilities for image files")
     p.add_argument("run", help="a run folder or a classifier .safetensors file")
     p.add_argument("images", nargs="*", help="image files, or folders (their images, recursively)")
     p.add_argument("--file-list", default=None, metavar="FILE",
@@ -226,56 +155,3 @@ def build_parser() -> argparse.ArgumentParser:
     add_backbone_args(p, defaults=False)
     add_image_limit_arg(p)
     p.set_defaults(func=cmd_predict)
-
-    for module in VERB_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(sub)
-    return parser
-
-
-def file_error(exc: OSError) -> str:
-    """One line naming the path at fault, from an OSError raised anywhere below."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno == errno.EROFS:
-        what = "read-only file system"
-    paths = [p for p in (exc.filename, exc.filename2) if p]
-    return f"{what}: {' -> '.join(map(str, paths))}" if paths else what
-
-
-def _version() -> str:
-    from . import __version__
-
-    return f"taskres {__version__}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="taskres: %(levelname)s: %(message)s")
-    logging.getLogger("taskres").setLevel(logging.INFO)  # our own one-line notes (e.g. products=auto's choice)
-    args = build_parser().parse_args(argv)
-    if getattr(args, "eval_split", "unset") is None:
-        args.eval_split = ["test"]
-    try:
-        limit = getattr(args, "max_image_pixels", None)
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, not {limit}")
-            os.environ[MAX_PIXELS_ENV] = str(limit)  # the decoding workers read it too
-        return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"taskres: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # permissions, a read-only disk, a file where a folder should be, a full disk...
-        print(f"taskres: error: {file_error(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("taskres: interrupted; finished work is kept and the next run resumes", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
