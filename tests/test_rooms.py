@@ -73,3 +73,14 @@ def test_each_method_declares_on_its_class_whether_it_scores_new_classes():
                 if cls.classifier_for_new_classes is not Method.classifier_for_new_classes}
     assert declared == {"zeroshot", "zeroshot_ens", "taskres", "coop", "clip_adapter", "auto"}
     assert not hasattr(protocols, "NEW_CLASS_RULES")  # no side table beside the methods
+
+
+def test_top1_is_computed_in_one_place():
+    # metrics.accuracy; besides it only a count (auto's exact tie-break) and Tip-Adapter's whole (alpha, beta)
+    # grid at once compare predictions with labels
+    import re
+
+    pattern = re.compile(r"argmax\([^)]*\)(\.\w+\(\))*\s*==")
+    package = METHODS.parent
+    hits = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py") if pattern.search(p.read_text()))
+    assert hits == ["methods/auto.py", "methods/tip_adapter.py", "metrics.py"]

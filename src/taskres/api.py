@@ -27,7 +27,7 @@ from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_s
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .methods import FitContext, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES, TextRecipe
-from .metrics import split_evaluation
+from .metrics import accuracy, split_evaluation
 from .reports.run import write_run_report
 from .typed import typed_value
 
@@ -109,7 +109,7 @@ def make_cache(cache_dir: str | None, verify: str | None = None) -> FeatureCache
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
+    return 100.0 * accuracy(logits, labels)
 
 
 def _labels(samples) -> torch.Tensor:

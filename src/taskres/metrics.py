@@ -63,6 +63,12 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return 100.0 * float((acc - mean_conf).abs().sum() / len(labels))
 
 
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 as a fraction of ``labels`` (NaN for none): the one place top-1 is computed, for a run's metrics
+    (x 100, ``top1``) and for the choices methods make on the validation split."""
+    return float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """top1, top5, macro, ece, per_class and the confusion matrix of one classifier's logits."""
     logits = logits.float()
@@ -72,7 +78,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     per_class = per_class_accuracy(confusion)
     present = [a for a in per_class if a is not None]
     out = {
-        "top1": 100.0 * float((pred == labels).float().mean()) if len(labels) else float("nan"),  # = api.top1
+        "top1": 100.0 * accuracy(logits, labels),
         f"top{TOP_K}": topk_accuracy(logits, labels, TOP_K),
         "macro": sum(present) / len(present) if present else float("nan"),
         "ece": expected_calibration_error(logits.softmax(dim=1), labels),

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..classifier import CosineClassifier, logit_scale_exp
 from .kit import text_recipe as recipes
 from .base import FitContext, Method, TrainingError, check_epochs
-from .kit.search import has_val, warn_no_val
+from .kit.search import accuracy, has_val, warn_no_val
 from .kit.training import OptimizerStep, Schedule, make_adam, train_loop
 from .taskres import TaskRes, TaskResParams
 from .kit.text_encoder import TextTower
@@ -84,7 +84,7 @@ def enhanced_base(ctx: FitContext, params: TaskResEnhancedParams) -> tuple[torch
     @torch.no_grad()
     def score(weight, bias) -> tuple[float, float]:
         logits = logits_for(val_f, weight, bias)
-        return float((logits.argmax(1) == val_y).float().mean()), float(F.cross_entropy(logits, val_y))
+        return accuracy(logits, val_y), float(F.cross_entropy(logits, val_y))
 
     best = {"lr": None, "epoch": 0, "weight": weight0, "bias": bias0}
     if use_val:

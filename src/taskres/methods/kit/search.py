@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
+from ...metrics import accuracy  # the one top-1, re-exported for the methods' searches
 from ..base import FitContext
 
 log = logging.getLogger("taskres")
@@ -21,10 +20,6 @@ def has_val(ctx: FitContext) -> bool:
 
 def warn_no_val(method: str, fallback: str) -> None:
     log.warning("%s: no validation split to search on; using %s", method, fallback)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
 
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ...classifier import Classifier
 from ..base import FitContext, TrainingError
-from ..kit.search import has_val
+from ..kit.search import accuracy, has_val
 
 log = logging.getLogger("taskres")
 AUTO = "auto"
@@ -97,7 +97,7 @@ def candidate_grid(searched: tuple[str, ...], alpha_ref: float, lr_ref: float, r
 def val_scores(clf: Classifier, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Top-1 (%) and mean cross-entropy of ``clf`` on the validation features."""
     logits = clf(features.float())
-    return 100.0 * float((logits.argmax(1) == labels).float().mean()), float(F.cross_entropy(logits, labels))
+    return 100.0 * accuracy(logits, labels), float(F.cross_entropy(logits, labels))
 
 
 def search(ctx: FitContext, params, base: torch.Tensor,
