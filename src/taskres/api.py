@@ -23,6 +23,7 @@ from .atomic import atomic_folder, read_json, write_json_atomic
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, check_width, class_rows, cosine_logits, load_classifier,
                          save_classifier)
+from .errors import OptionError
 from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .methods import FitContext, check_regime, get_method, recipe_of
@@ -141,7 +142,7 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
             samples = [s for s, ok in zip(samples, found.valid.tolist()) if ok]
         return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=augmented(cfg, aug_scale), scale=aug_scale)
     if cfg.views < 1:
-        raise ValueError(f"--views must be at least 1, not {cfg.views}")
+        raise OptionError("views", f"must be at least 1, not {cfg.views}", owner="FitConfig")
     view_list = ([View("aug", v, cfg.seed, aug_scale) for v in range(cfg.views)] if augmented(cfg, aug_scale)
                  else [View()])
     if cfg.memory_map:  # the same views and the same per-epoch view choice, read from disk batch by batch
@@ -275,9 +276,10 @@ def foreign_entries(path: Path) -> list[str]:
 SEED_LIMIT = 2 ** 63 - 1  # seeds reach numpy and torch as signed 64-bit integers
 
 
-def check_seed(seed, option: str = "--seed") -> None:
+def check_seed(seed, name: str = "seed", owner: str = "FitConfig") -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) > SEED_LIMIT:
-        raise ValueError(f"{option} must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}")
+        raise OptionError(name, f"must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}",
+                          owner=owner)
 
 
 def check_out_beside_dataset(out: Path, dataset: str) -> None:
@@ -287,28 +289,28 @@ def check_out_beside_dataset(out: Path, dataset: str) -> None:
         return  # a registered name: its data lives under --data-root, in folders of its own layout
     folder, out = folder.resolve(), Path(os.path.realpath(out.expanduser()))
     if out == folder or folder in out.parents:
-        raise ValueError(f"--out {out} is inside the dataset folder {folder}, where it would be read as a class "
-                         "(or its images); choose a folder outside it")
+        raise OptionError("out", f"{out} is inside the dataset folder {folder}, where it would be read as a class "
+                          "(or its images); choose a folder outside it", owner="FitConfig")
 
 
 def check_fit_config(cfg: FitConfig) -> None:
-    """Options checked before any work; each fault is one line naming the option."""
-    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
-                               ("--batch-size", cfg.batch_size, 1), ("--workers", cfg.num_workers, 0)):
+    """Options checked before any work; each fault is one line naming the field (the CLI names its flag)."""
+    for name, value, low in (("shots", cfg.shots, 1), ("views", cfg.views, 1), ("batch_size", cfg.batch_size, 1),
+                             ("num_workers", cfg.num_workers, 0)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-            raise ValueError(f"{option} must be a whole number, at least {low}, not {value!r}")
+            raise OptionError(name, f"must be a whole number, at least {low}, not {value!r}", owner="FitConfig")
     if cfg.seed is not None:
         check_seed(cfg.seed)
     for name in ("augment", "memory_map", "overwrite", "skip_bad_images", "allow_fewer_shots", "progress"):
         # FitConfig(augment="false") from Python: refused as a sweep file's 'false' is (taskres.typed)
         typed_value(getattr(cfg, name), "bool", name, text_bools=False)
     if cfg.regime not in REGIMES:
-        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
+        raise OptionError("regime", f"must be one of {', '.join(REGIMES)}, not {cfg.regime!r}", owner="FitConfig")
     if cfg.regime == "online" and cfg.memory_map:  # never ignore one of the two and record both
-        raise ValueError("--memory-map with --regime online: the online regime keeps no training views to map "
-                         "(every step encodes its images afresh); drop one of the two")
+        raise OptionError("memory_map", "with regime online: the online regime keeps no training views to map "
+                          "(every step encodes its images afresh); drop one of the two", owner="FitConfig")
     if not cfg.eval_splits:
-        raise ValueError("--eval-split: at least one split to evaluate")
+        raise OptionError("eval_splits", "must name at least one split to evaluate", owner="FitConfig")
 
 
 def resolve_split(cfg: FitConfig, task: TaskData) -> tuple[FitConfig, FewShotSplit]:
@@ -513,7 +515,7 @@ def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k:
     from .predictions import image_files, predict_files
 
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"--top must be at least 1, not {k!r}")
+        raise OptionError("k", f"must be at least 1, not {k!r}", owner="predict")
     paths = image_files(list(images), file_list)
     clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
                                              precision=precision)

@@ -36,6 +36,7 @@ import torch
 
 from .backbone import BackboneConfig, load_backbone
 from .datasets import load_dataset, make_fewshot_split
+from .errors import OptionError
 from .features import (DEFAULT_SHARD_SIZE, CacheEntry, FeatureCache, View, loader_workers,
                        default_cache_dir)
 from .process_group import Group, rank_device
@@ -81,7 +82,7 @@ def method_aug_scale(method: str, dataset: str):
     from .methods import METHODS
 
     if method not in METHODS:
-        raise ValueError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
+        raise OptionError("method", f"{method!r} is unknown; choose from {', '.join(METHODS)}", owner="ExtractConfig")
     return METHODS[method].crop_scale(dataset)
 
 
@@ -91,7 +92,7 @@ def planned_views(cfg: ExtractConfig):
     few = make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
                              search_split=cfg.search_split) if cfg.shots else None
     if cfg.augment and cfg.views < 1:
-        raise ValueError(f"--views must be at least 1, not {cfg.views}")
+        raise OptionError("views", f"must be at least 1, not {cfg.views}", owner="ExtractConfig")
     for name in cfg.splits:
         if name == "train":
             samples = few.train if few else task.train
@@ -110,12 +111,11 @@ def planned_views(cfg: ExtractConfig):
 def extract(cfg: ExtractConfig) -> ExtractResult:
     """Encode the planned entries into the cache; under torchrun each rank takes its share of the shards."""
     if cfg.cache_dir == "":
-        raise ValueError("--cache-dir '' keeps no cache: extract needs a cache folder")
-    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
-                               ("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
-                               ("--workers", cfg.num_workers, 0)):
+        raise OptionError("cache_dir", "'' keeps no cache: extract needs a cache folder", owner="ExtractConfig")
+    for name, value, low in (("shots", cfg.shots, 1), ("views", cfg.views, 1), ("batch_size", cfg.batch_size, 1),
+                             ("shard_size", cfg.shard_size, 1), ("num_workers", cfg.num_workers, 0)):
         if value is not None and value < low:
-            raise ValueError(f"{option} must be at least {low}, not {value}")
+            raise OptionError(name, f"must be at least {low}, not {value}", owner="ExtractConfig")
     group = Group.from_env()
     bcfg = replace(cfg.backbone, device=rank_device(cfg.backbone.device, group))
     if bcfg.device.startswith("cuda") and torch.cuda.is_available():

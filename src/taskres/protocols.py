@@ -30,6 +30,7 @@ from .backbone import MINI_MODEL, PRECISIONS, BackboneConfig
 from .classifier import Classifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
+from .errors import OptionError
 from .methods import METHODS, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES
 from .cli.commands import eval_command, fit_command
@@ -42,6 +43,7 @@ PAPER_SHOTS = (1, 2, 4, 8, 16)
 PAPER_SEEDS = (1, 2, 3)
 DOMAIN_SOURCE = "imagenet"
 REGIMES = ("cached", "online")
+OWNER = "SweepConfig"  # the name option errors give the sweep's fields
 
 
 # -- the sweep ----------------------------------------------------------------------------------------------
@@ -288,45 +290,48 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
 
 
 def check_sweep(sweep: SweepConfig) -> None:
-    """Every option checked before any work starts; messages name the option at fault."""
+    """Every option checked before any work starts; messages name the field at fault (the CLI: its flag)."""
     for f in dataclasses.fields(SweepConfig):  # a SweepConfig built in Python gets the sweep file's type checks
         if not any(k in str(f.type) for k in ("list", "dict")):
             typed_value(getattr(sweep, f.name), f.type, f"--{f.name.replace('_', '-')}", text_bools=False)
     if sweep.protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}")
+        raise OptionError("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}", owner=OWNER)
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):
         if not getattr(sweep, key):
             raise ValueError(f"the sweep has no {key}: give --{key if key != 'backbones' else 'backbone'} "
                              "(or --preset paper, or --config FILE)")
     unknown = [m for m in sweep.methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        raise OptionError("methods", f"names unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})",
+                          owner=OWNER)
     if any(k < 1 for k in sweep.shots):
-        raise ValueError(f"--shots must all be at least 1, not {sweep.shots}")
+        raise OptionError("shots", f"must all be at least 1, not {sweep.shots}", owner=OWNER)
     from .api import check_seed
 
     for seed in sweep.seeds:
-        check_seed(seed, "--seeds")
+        check_seed(seed, "seeds", OWNER)
     if sweep.regime not in REGIMES:
-        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
+        raise OptionError("regime", f"must be one of {', '.join(REGIMES)}, not {sweep.regime!r}", owner=OWNER)
     if sweep.views < 1:
-        raise ValueError(f"--views must be at least 1, not {sweep.views}")
+        raise OptionError("views", f"must be at least 1, not {sweep.views}", owner=OWNER)
     if sweep.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
+        raise OptionError("batch_size", f"must be at least 1, not {sweep.batch_size}", owner=OWNER)
     if sweep.num_workers is not None and sweep.num_workers < 0:
-        raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
+        raise OptionError("num_workers", f"must be 0 or more, not {sweep.num_workers}", owner=OWNER)
     for b in sweep.backbones:  # what would fail in every cell fails now, before --dry-run says all is well
         if b.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {b.precision!r} (backbone "
-                             f"{b.name})")
+            raise OptionError("precision", f"must be one of {', '.join(PRECISIONS)}, not {b.precision!r} (backbone "
+                              f"{b.name})", owner="BackboneSpec")
         try:
             torch.device(b.device)
         except (RuntimeError, TypeError):
-            raise ValueError(f"--device must be cpu or cuda[:N], not {b.device!r} (backbone {b.name})") from None
+            raise OptionError("device", f"must be cpu or cuda[:N], not {b.device!r} (backbone {b.name})",
+                              owner="BackboneSpec") from None
     if sweep.search_split not in SEARCH_SPLITS:
-        raise ValueError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}")
+        raise OptionError("search_split", f"must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}",
+                          owner=OWNER)
     if sweep.protocol == "domain" and not sweep.targets:
-        raise ValueError("--targets: the domain protocol needs at least one target dataset")
+        raise OptionError("targets", "must name at least one target dataset for the domain protocol", owner=OWNER)
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
         check_regime(get_method(m, sweep.method_params.get(m)), sweep.regime)
     extra = sorted(set(sweep.method_params) - set(sweep.methods))

@@ -17,9 +17,10 @@ from ..atomic import RunExistsError
 from ..backbone import BackboneError
 from ..classifier import ClassifierError
 from ..datasets import DatasetError
+from ..errors import OptionError
 from ..methods import TrainingError
 from ..transforms import MAX_PIXELS_ENV, ImageError
-from .flags import backbone_config
+from .flags import backbone_config, flag_of
 
 USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
                ValueError)
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, not {limit}")
             os.environ[MAX_PIXELS_ENV] = str(limit)  # the decoding workers read it too
         return args.func(args)
+    except OptionError as exc:  # the library names the field; the user typed its flag
+        print(f"taskres: error: {exc.flag_message(flag_of(exc))}", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         print(f"taskres: error: {exc}", file=sys.stderr)
         return 2

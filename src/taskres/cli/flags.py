@@ -5,7 +5,22 @@ from __future__ import annotations
 import argparse
 
 from ..backbone import BackboneConfig
+from ..errors import OptionError
 from ..transforms import MAX_PIXELS_ENV
+
+
+# Flags not spelled ``--`` + the field's name with dashes: field -> flag, or (owner, field) -> flag.
+FLAG_NAMES = {"num_workers": "--workers", "eval_splits": "--eval-split", "method_params": "--set",
+              "augment": "--no-augment", "progress": "--quiet", "dist_timeout_s": "--dist-timeout", "splits": "--split",
+              ("predict", "k"): "--top"}
+
+
+def flag_of(exc: OptionError) -> str:
+    """The flag a user typed for the option an OptionError names (``--set NAME`` for a method parameter)."""
+    if exc.method is not None:
+        return f"--set {exc.field}"
+    return (FLAG_NAMES.get((exc.owner, exc.field)) or FLAG_NAMES.get(exc.field)
+            or "--" + exc.field.replace("_", "-"))
 
 
 def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
