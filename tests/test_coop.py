@@ -38,7 +38,7 @@ def _backbone_on(device: str):
 
 
 def test_precision_is_one_of_the_references_values():
-    with pytest.raises(ValueError, match="--set precision must be one of auto, fp16, fp32, amp, not 'bf16'"):
+    with pytest.raises(ValueError, match="coop: precision must be one of auto, fp16, fp32, amp, not 'bf16'"):
         get_method("coop", {"precision": "bf16"})
 
 

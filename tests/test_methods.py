@@ -332,7 +332,7 @@ def test_text_methods_need_a_backbone(task):
 
 
 def test_unknown_parameter_is_a_clear_error():
-    with pytest.raises(ValueError, match="--set n_ctxx"):
+    with pytest.raises(ValueError, match="coop: n_ctxx is not a parameter"):
         get_method("coop", ["n_ctxx=4"])
 
 

@@ -133,7 +133,7 @@ def test_unknown_method_says_why_a_plugin_is_missing(monkeypatch):
     monkeypatch.setitem(METHODS.problems, "fancy", "plugin method 'fancy' of package x==1 failed to load (boom)")
     with pytest.raises(ValueError, match="failed to load"):
         get_method("fancy")
-    with pytest.raises(ValueError, match="unknown --method 'nothing'"):
+    with pytest.raises(ValueError, match="method 'nothing' is not a known method"):
         get_method("nothing")
 
 

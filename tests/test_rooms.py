@@ -84,3 +84,32 @@ def test_top1_is_computed_in_one_place():
     package = METHODS.parent
     hits = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py") if pattern.search(p.read_text()))
     assert hits == ["methods/auto.py", "methods/tip_adapter.py", "metrics.py"]
+
+
+def test_the_methods_name_fields_not_flags():
+    import re
+
+    import pytest
+
+    from taskres.errors import OptionError
+    from taskres.methods import get_method
+
+    with pytest.raises(OptionError) as err:
+        get_method("taskres", {"lr": -1})
+    assert str(err.value) == "taskres.methods.taskres: lr must be positive, not -1.0"
+    assert (err.value.field, err.value.method) == ("lr", "taskres")
+    with pytest.raises(OptionError, match="^taskres.methods.coop: precision must be one of"):
+        get_method("coop", {"precision": "bf16"})  # a Params class's own check, named with its method
+    flag = re.compile(r"--(set|regime|memory-map|method)\b")
+    assert [hit for p in METHODS.rglob("*.py") for hit in message_texts(p) if flag.search(hit)] == []
+
+
+def message_texts(path: Path) -> list[str]:
+    """The string pieces of every raise statement and log call of ``path`` (what a user reads)."""
+    texts = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        said = isinstance(node, ast.Raise) or (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                                               and isinstance(node.func.value, ast.Name) and node.func.value.id == "log")
+        if said:
+            texts += [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return texts

@@ -224,7 +224,7 @@ def test_products_and_device_options_are_checked():
         TaskRes(TaskResParams(epochs=1, products="fp8")).fit(ctx)
     with pytest.raises(ValueError, match="taskres: products must be fp32 with gradient=autograd, not bf16"):
         TaskRes(TaskResParams(epochs=1, products="bf16", gradient="autograd")).fit(ctx)
-    with pytest.raises(ValueError, match="--set device=gpu0: not a device"):
+    with pytest.raises(ValueError, match="taskres: device 'gpu0' is not a device"):
         TaskRes(TaskResParams(epochs=1, device="gpu0")).fit(ctx)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):

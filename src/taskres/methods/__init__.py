@@ -1,4 +1,4 @@
-"""Method registry: an explicit mapping from ``--method`` names to method classes, plus installed plugins.
+"""Method registry: an explicit mapping from method names to method classes, plus installed plugins.
 
 ``BUILTIN_METHODS`` is the explicit table of the methods shipped here; ``METHODS`` is that table followed by
 the methods other packages declare as ``taskres.methods`` entry points (taskres.plugins), loaded on first use.
@@ -7,6 +7,7 @@ the methods other packages declare as ``taskres.methods`` entry points (taskres.
 from __future__ import annotations
 
 from ..classifier import CLASSIFIERS
+from ..errors import OptionError
 from ..plugins import MethodTable
 from .auto import AutoMethod
 from .base import FitContext, Method, TrainingError, check_regime, parse_overrides, validate_params
@@ -48,16 +49,18 @@ METHODS = MethodTable(BUILTIN_METHODS)  # the built-ins, then the installed plug
 def get_method(name: str, overrides: list[str] | dict | None = None) -> Method:
     if name not in METHODS:
         why = METHODS.problems.get(name)
-        raise ValueError(why or f"unknown --method {name!r}; choose from {', '.join(METHODS)}")
+        if why:
+            raise ValueError(why)
+        raise OptionError("method", f"{name!r} is not a known method; choose from {', '.join(METHODS)}")
     cls = METHODS[name]
     build = getattr(cls, "from_overrides", None)
     if build is not None:  # a method whose parameters are not one flat dataclass (auto: its candidates' too)
         return build(overrides)
     try:
-        params = cls.Params(**parse_overrides(cls.Params, overrides))
+        params = cls.Params(**parse_overrides(cls.Params, overrides, name))
     except TypeError as exc:  # a dict of overrides from the Python API with a key the Params do not take
-        raise ValueError(f"--method {name}: {exc}") from None
-    validate_params(params)
+        raise ValueError(f"taskres.methods.{name}: {exc}") from None
+    validate_params(params, name)
     return cls(params)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..classifier import Classifier
+from ..errors import OptionError
 from .base import FitContext, Method, TrainingError
 from .kit.search import has_val
 
@@ -46,8 +47,8 @@ CANDIDATES: tuple[str, ...] = (
 )
 # Not candidates: coop (every training step runs the text encoder: minutes, not seconds) and zeroshot_ens
 # (zero-shot with other templates; ask for it with --set candidates=...).
-NO_VAL = ("--method auto chooses on the validation split, and this run has none (a dataset without one, and too "
-          "few training images to draw min(K, 4) per class besides the shots); choose a --method yourself")
+NO_VAL = ("method auto chooses on the validation split, and this run has none (a dataset without one, and too "
+          "few training images to draw min(K, 4) per class besides the shots); choose a method yourself")
 TIE_RULE = "highest validation top-1; equal scores go to the simpler method (earlier in the order)"
 
 
@@ -92,7 +93,7 @@ def parse_auto_overrides(items: list[str] | dict | None) -> AutoParams:
     for key, value in pairs:
         key = key.strip()
         if value is None:
-            raise ValueError(f"--set {key}: expected key=value")
+            raise OptionError(key, "has no value (key=value)", method="auto")
         if key == "candidates":
             names = value if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
             params.candidates = [n for n in names if n]
@@ -100,17 +101,17 @@ def parse_auto_overrides(items: list[str] | dict | None) -> AutoParams:
             name, _, param = key.partition(".")
             params.candidate_params.setdefault(name, {})[param] = value
         else:
-            raise ValueError(f"--method auto: --set {key}: auto takes candidates=NAME,NAME,... or a candidate's "
-                             f"parameter as NAME.{key}=VALUE")
+            raise OptionError(key, f"is not a parameter: auto takes candidates=NAME,NAME,... or a candidate's "
+                              f"parameter as NAME.{key}=VALUE", method="auto")
     unknown = [n for n in [*params.candidates, *params.candidate_params] if n not in METHODS or n == "auto"]
     if unknown:
-        raise ValueError(f"--method auto: {unknown[0]!r} is not a method it can choose (known: "
-                         f"{', '.join(m for m in METHODS if m != 'auto')})")
+        raise OptionError("candidates", f"names {unknown[0]!r}, which is not a method it can choose (known: "
+                          f"{', '.join(m for m in METHODS if m != 'auto')})", method="auto")
     if not params.candidates:
-        raise ValueError("--method auto: --set candidates= names no method")
+        raise OptionError("candidates", "names no method", method="auto")
     stray = sorted(set(params.candidate_params) - set(params.candidates))
     if stray:
-        raise ValueError(f"--method auto: --set {stray[0]}.KEY: {stray[0]} is not among the candidates")
+        raise OptionError(f"{stray[0]}.KEY", f"sets {stray[0]}, which is not among the candidates", method="auto")
     params.candidates = simplicity_order(params.candidates)
     return params
 
@@ -145,7 +146,7 @@ class AutoMethod(Method):
         if not has_val(ctx):
             raise TrainingError(NO_VAL)
         if ctx.train_for is None:
-            raise TrainingError("--method auto needs each candidate's training views (FitContext.train_for); "
+            raise TrainingError("method auto needs each candidate's training views (FitContext.train_for); "
                                 "run it through taskres.fit")
         candidates = fit_candidates(self.params, ctx)
         chosen = choose(candidates)
@@ -204,7 +205,7 @@ def choose(candidates: list[Candidate]) -> Candidate:
     """The highest validation count; ``candidates`` is in tie-break order, so the first of the best wins."""
     ok = [c for c in candidates if c.classifier is not None]
     if not ok:
-        raise TrainingError("--method auto: every candidate failed (" + "; ".join(
+        raise TrainingError("method auto: every candidate failed (" + "; ".join(
             f"{c.name}: {c.error}" for c in candidates) + ")")
     best = max(c.val_correct for c in ok)
     return next(c for c in ok if c.val_correct == best)

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ..classifier import Classifier, ClassifierMeta
+from ..errors import OptionError
 from ..typed import typed_value
 from .kit.text_recipe import TASKRES, TextRecipe
 
@@ -145,14 +146,15 @@ class Method:
 def check_regime(method: Method, regime: str, memory_map: bool = False) -> None:
     """Refuse, in one line, a regime the method cannot honour (rather than training on something else)."""
     if regime == "online" and method.no_online:
-        raise ValueError(f"--regime online: {method.name} {method.no_online}; use --regime cached")
+        raise OptionError("regime", f"online: {method.name} {method.no_online}; use regime cached")
     if memory_map and method.all_views_in_memory and getattr(method.params, "train_views", None) == "all":
-        raise ValueError(f"--set train_views=all with --memory-map: {method.name} holds every cached view in memory "
-                         "at once; use train_views=mean or one, or drop --memory-map")
+        raise OptionError("train_views", f"all cannot go with memory_map: {method.name} holds every cached view "
+                          "in memory at once; use train_views mean or one, or memory_map off", method=method.name)
 
 
-def parse_overrides(params_cls: type, items: list[str] | dict | None) -> dict:
-    """``["lr=1e-3", "epochs=50"]`` -> typed dict for ``params_cls``; unknown keys are an error."""
+def parse_overrides(params_cls: type, items: list[str] | dict | None, method: str | None = None) -> dict:
+    """``["lr=1e-3", "epochs=50"]`` -> typed dict for ``params_cls``; unknown keys are an error (an
+    :class:`OptionError` naming the field, and ``method`` where given)."""
     if not items:
         return {}
     pairs = items.items() if isinstance(items, dict) else (s.split("=", 1) if "=" in s else (s, None)
@@ -162,16 +164,20 @@ def parse_overrides(params_cls: type, items: list[str] | dict | None) -> dict:
     for key, value in pairs:
         key = key.strip().replace("-", "_")
         if key not in fields:
-            raise ValueError(f"--set {key}: not a parameter of this method (known: {', '.join(fields)})")
+            raise OptionError(key, f"is not a parameter of this method (known: {', '.join(fields)})", method=method)
         if value is None:
-            raise ValueError(f"--set {key}: expected key=value")
-        out[key] = _convert(value, fields[key].type, key)
+            raise OptionError(key, "has no value (key=value)", method=method)
+        out[key] = _convert(value, fields[key].type, key, method)
     return out
 
 
-def _convert(value, annotation, key):
+def _convert(value, annotation, key, method):
     # one conversion for --set text and typed values (a sweep file's method_params, the API): taskres.typed
-    return typed_value(value, annotation, f"--set {key}={value}" if isinstance(value, str) else f"--set {key}")
+    try:
+        return typed_value(value, annotation, key)
+    except ValueError as exc:  # "key: expected a whole number, not ..." -> "key must be a whole number, not ..."
+        problem = str(exc)[len(key):].removeprefix(": expected ")
+        raise OptionError(key, f"must be {problem}", method=method) from None
 
 
 # What every method's parameter of a given name must satisfy: (what the message says, the test). One table
@@ -190,6 +196,10 @@ PARAM_RULES: dict[str, tuple[str, Callable]] = {
     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
 }
+# Text parameters that mean the same in every method that has them: the values they take.
+CHOICE_RULES: dict[str, tuple[str, ...]] = {
+    "train_views": ("all", "mean", "one"),  # kit/samples.py: train_matrix
+}
 # List-valued parameters: the rule each element obeys.
 LIST_RULES: dict[str, tuple[str, Callable]] = {
     "proj_lrs": _POSITIVE, "c_grid": _POSITIVE, "alpha_grid": _AT_LEAST_0, "search_scale": _POSITIVE,
@@ -197,8 +207,10 @@ LIST_RULES: dict[str, tuple[str, Callable]] = {
 }
 
 
-def validate_params(params: Any) -> None:
-    """Check a method's parameters against :data:`PARAM_RULES` and its own ``validate``; one line per fault.
+def validate_params(params: Any, method: str | None = None, warn: bool = True) -> None:
+    """Check a method's parameters against :data:`PARAM_RULES` and its own ``validate``; one line per fault,
+    an :class:`OptionError` naming the field (and ``method``). The one style of checking: when the method is
+    built (``get_method``), and again in ``fit`` on the parameters resolved for the dataset (``warn`` off).
 
     Non-finite numbers are refused everywhere. ``epochs=0`` is allowed (the untrained starting point) but
     said out loud, so that a run that learned nothing is never reported silently as a trained one.
@@ -207,23 +219,43 @@ def validate_params(params: Any) -> None:
         return
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
+        if isinstance(value, str) and f.name in CHOICE_RULES and value not in CHOICE_RULES[f.name]:
+            raise OptionError(f.name, f"must be one of {', '.join(CHOICE_RULES[f.name])}, not {value!r}", method=method)
         if value is None or isinstance(value, (bool, str)):
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         rule = LIST_RULES.get(f.name) if isinstance(value, (list, tuple)) else PARAM_RULES.get(f.name)
         for v in values:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ValueError(f"--set {f.name} takes numbers, not {_show(value)}")
+                raise OptionError(f.name, f"takes numbers, not {_show(value)}", method=method)
             if not math.isfinite(v):
-                raise ValueError(f"--set {f.name} must be a finite number, not {_show(value)}")
+                raise OptionError(f.name, f"must be a finite number, not {_show(value)}", method=method)
             if rule is not None and not rule[1](v):
                 each = " (each value)" if isinstance(value, (list, tuple)) else ""
-                raise ValueError(f"--set {f.name} must be {rule[0]}{each}, not {_show(value)}")
-    if getattr(params, "epochs", None) == 0:
-        log.warning("--set epochs=0: no training step is taken; the classifier is the method's starting point")
+                raise OptionError(f.name, f"must be {rule[0]}{each}, not {_show(value)}", method=method)
+    if warn and getattr(params, "epochs", None) == 0:
+        log.warning("%sepochs=0: no training step is taken; the classifier is the method's starting point",
+                    f"taskres.methods.{method}: " if method else "")
     own = getattr(params, "validate", None)
     if callable(own):
-        own()
+        try:
+            own()
+        except OptionError as exc:  # a Params class names its field; the method is named here
+            if exc.method is not None or exc.owner is not None or method is None:
+                raise
+            raise OptionError(exc.field, exc.problem, method=method) from None
+
+
+def one_of(field: str, value, choices) -> None:
+    """A Params ``validate`` check: ``value`` is one of ``choices`` (the field named in the error)."""
+    if value not in choices:
+        raise OptionError(field, f"must be one of {', '.join(choices)}, not {value!r}")
+
+
+def not_empty(field: str, values) -> None:
+    """A Params ``validate`` check: a list that a search runs over has at least one value."""
+    if not values:
+        raise OptionError(field, "needs at least one value")
 
 
 def _show(value) -> str:
@@ -231,13 +263,3 @@ def _show(value) -> str:
 
 
 MethodFactory = Callable[..., Method]
-
-
-def require_positive(name: str, value: float) -> None:
-    if value is None or not value > 0:
-        raise ValueError(f"--set {name} must be positive, not {value}")
-
-
-def check_epochs(epochs: int, name: str = "epochs") -> None:
-    if epochs is None or epochs < 0:
-        raise ValueError(f"--set {name} must be 0 or more, not {epochs}")

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, check_epochs, require_positive
+from .base import FitContext, Method, one_of, validate_params
 from .kit.heads import LinearClassifier
 from .kit.samples import TrainSamples, check_classes
 from .kit.training import Schedule, check_finite
@@ -65,6 +65,11 @@ class CLAPParams:
     warmup_lr: float = 1e-5  # WARMUP_CONS_LR
     constraint: str = "l2"  # "l2": CLAP (train.py's default CONSTRAINT) | "none": ZS-LP
     multipliers: str = "fixed"  # "fixed" (as released) | "adaptive" (the outer PHR step after each epoch)
+
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        one_of("constraint", self.constraint, CONSTRAINTS)
+        one_of("multipliers", self.multipliers, MULTIPLIERS)
+
 
 
 def zero_shot_confidence(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, logit_scale: float,
@@ -101,18 +106,6 @@ def outer_step(multipliers: torch.Tensor, penalty: torch.Tensor,
     """One PHR augmented-Lagrangian update: lambda <- max(0, lambda + rho d) (the penalty's gradient), rho <- d."""
     step = multipliers + penalty * dissimilarity
     return torch.where(step >= 0, step, torch.zeros_like(step)), dissimilarity.clone()
-
-
-def check_params(params: CLAPParams) -> None:
-    check_epochs(params.epochs)
-    require_positive("lr", params.lr)
-    if params.batch_size < 1:
-        raise ValueError(f"--set batch_size must be at least 1, not {params.batch_size}")
-    if params.constraint not in CONSTRAINTS:
-        raise ValueError(f"--set constraint must be one of {', '.join(CONSTRAINTS)}, not {params.constraint!r}")
-    if params.multipliers not in MULTIPLIERS:
-        raise ValueError(f"--set multipliers must be one of {', '.join(MULTIPLIERS)}, "
-                         f"not {params.multipliers!r}")
 
 
 @dataclass
@@ -189,7 +182,7 @@ class CLAP(Method):
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or self.Params()
-        check_params(params)
+        validate_params(params, self.name, warn=False)
         samples = TrainSamples(ctx, "all")  # every cached view is a sample, read by batch (memory-mapped or not)
         y = samples.labels
         check_classes(ctx, y)

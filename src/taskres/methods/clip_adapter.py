@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..classifier import Classifier, ClassifierMeta, cosine_logits
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, check_epochs, require_positive
+from .base import FitContext, Method, validate_params
 from .kit.samples import working_float
 from .kit.training import OptimizerStep, Schedule, seeded_generator, sgd, train_loop
 from .coop import coop_epochs
@@ -116,10 +116,7 @@ class ClipAdapter(Method):
 
     def fit(self, ctx: FitContext) -> AdapterClassifier:
         params = self.resolved_params(ctx)
-        check_epochs(params.epochs)
-        require_positive("lr", params.lr)
-        if params.reduction < 1:
-            raise ValueError(f"--set reduction must be at least 1, not {params.reduction}")
+        validate_params(params, self.name, warn=False)
         dim = ctx.text_classifier.shape[1]
         hidden = max(1, dim // params.reduction)
         gen = seeded_generator(ctx.seed, 31)

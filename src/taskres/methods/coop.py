@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from ..classifier import ClassifierMeta, CosineClassifier
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, TrainingError, check_epochs, require_positive
+from ..errors import OptionError
+from .base import FitContext, Method, TrainingError, one_of, validate_params
 from .kit.training import OptimizerStep, Schedule, seeded_generator, sgd, train_loop
 from .kit.text_encoder import TextTower
 
@@ -63,8 +64,7 @@ class CoOpParams:
     precision: str = "auto"
 
     def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--set precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        one_of("precision", self.precision, PRECISIONS)
 
 
 def resolve_precision(asked: str, device: torch.device) -> tuple[str, str | None]:
@@ -72,7 +72,7 @@ def resolve_precision(asked: str, device: torch.device) -> tuple[str, str | None
     cuda = torch.device(device).type == "cuda"
     if asked == "auto":
         return ("fp16", None) if cuda else ("fp32", "CoOp: fp32 on a CPU (the reference's default fp16 is "
-                                             "for a GPU; --set precision=fp16 runs fp16 here too)")
+                                             "for a GPU; precision=fp16 runs fp16 here too)")
     if asked == "amp" and not cuda:
         # trainers/coop.py wraps the step in torch.cuda.amp.autocast, which is inactive without CUDA
         return "fp32", "CoOp: precision amp is CUDA's autocast; on a CPU the reference, and this run, use fp32"
@@ -101,7 +101,7 @@ class PromptLearner(torch.nn.Module):
         else:
             n_ctx = int(params.n_ctx)
             if n_ctx < 1:
-                raise ValueError(f"--set n_ctx must be at least 1, not {n_ctx}")
+                raise OptionError("n_ctx", f"must be at least 1, not {n_ctx}", method="coop")
             prefix_text = " ".join([PLACEHOLDER] * n_ctx)
         prompts = [f"{prefix_text} {name}." for name in classnames]
         for name, prompt in zip(classnames, prompts):
@@ -109,7 +109,7 @@ class PromptLearner(torch.nn.Module):
             if count is not None and count + 2 > tower.context_length:
                 raise TrainingError(
                     f"CoOp: the prompt for class {name!r} needs {count + 2} tokens with {n_ctx} context "
-                    f"vectors, more than the text encoder's {tower.context_length}; lower --set n_ctx")
+                    f"vectors, more than the text encoder's {tower.context_length}; lower n_ctx")
         tokens = tower.tokenize(prompts)
         ctx_tokens = tower.tokenize([prefix_text])[0]
         # The context must sit right after one start token in every prompt; check rather than assume.
@@ -206,8 +206,7 @@ class CoOp(Method):
 
     def fit(self, ctx: FitContext) -> CosineClassifier:
         params = self.resolved_params(ctx)
-        check_epochs(params.epochs)
-        require_positive("lr", params.lr)
+        validate_params(params, self.name, warn=False)
         if ctx.backbone is None:
             raise TrainingError("CoOp learns through the text encoder, but no backbone was given")
         asked = (self.params or CoOpParams()).precision

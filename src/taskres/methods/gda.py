@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
 from .kit import text_recipe as recipes
-from .base import FitContext, Method
+from .base import FitContext, Method, not_empty, validate_params
 from .kit.heads import LinearClassifier, normalized_text
 from .kit.samples import ClassMoments, TrainSamples, check_classes, class_moments
 from .kit.search import accuracy, has_val, warn_no_val
@@ -46,6 +46,10 @@ class GDAParams:
     alpha_grid: list = field(default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
     fallback_alpha: float = 0.1  # without a val split: the released code's starting value
     train_views: str = "all"
+
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        not_empty("alpha_grid", self.alpha_grid)
+
 
 
 def gda_statistics(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +121,6 @@ class GDA(Method):
             warn_no_val("GDA", f"alpha={params.fallback_alpha}")
             alpha = float(params.fallback_alpha)
         else:
-            if not params.alpha_grid:
-                raise ValueError("--set alpha_grid needs at least one value")
             f = F.normalize(ctx.val_features.float(), dim=-1)
             alpha, val_acc = search_alpha(scale * f @ text.t(), f @ weight.t() + bias, ctx.val_labels,
                                           params.alpha_grid, params.fallback_alpha)

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import FitContext, Method
+from ..errors import OptionError
+from .base import FitContext, Method, not_empty, validate_params
 from .kit.heads import LinearClassifier
 from .kit.samples import check_classes, train_matrix
 from .kit.search import accuracy, has_val, warn_no_val
@@ -42,12 +43,16 @@ class LinearProbeParams:
     train_views: str = "mean"  # "mean" of the cached views per image, "all" views as samples, or "one"
     device: str = "auto"  # where L-BFGS runs: "auto" (a GPU if there is one), "cpu", "cuda", ...
 
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        not_empty("c_grid", self.c_grid)
+
+
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float,
                  max_iter: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised multinomial logistic regression by L-BFGS, from zeros (deterministic)."""
     if not c > 0:
-        raise ValueError(f"--set c must be positive, not {c}")
+        raise OptionError("c", f"must be positive, not {c}", method="linear_probe")
     n, d = x.shape
     weight = torch.zeros(num_classes, d, dtype=x.dtype, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
@@ -122,8 +127,6 @@ class LinearProbe(Method):
             c, val_acc = float(params.fallback_c), None
             weight, bias = fit_logistic(x, y, ctx.num_classes, c, params.max_iter)
         else:
-            if not params.c_grid:
-                raise ValueError("--set c_grid needs at least one value")
             val_x = ctx.val_features.float().to(device)
             if params.normalize:
                 val_x = F.normalize(val_x, dim=-1)

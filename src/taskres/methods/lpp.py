@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, check_epochs
+from .base import FitContext, Method, one_of, validate_params
 from .kit.heads import LinearClassifier, normalized_text
 from .kit.samples import check_classes, train_matrix
 from .kit.search import accuracy, has_val, warn_no_val
@@ -52,6 +52,10 @@ class LPPParams:
     momentum: float = 0.9  # torch.optim.SGD(classifier.parameters(), lr_w, momentum=0.9)
     alpha_grad: str = "accumulated"  # "accumulated" (as released) | "current"
     train_views: str = "one"  # one augmented view per image; "mean" or "all" to use every cached view
+
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        one_of("alpha_grad", self.alpha_grad, ("accumulated", "current"))
+
 
 
 def class_sums(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -147,11 +151,7 @@ class LPP(Method):
 
     def fit(self, ctx: FitContext) -> LinearClassifier:
         params = self.params or LPPParams()
-        check_epochs(params.epochs)
-        if params.alpha_grad not in ("accumulated", "current"):
-            raise ValueError(f"--set alpha_grad must be 'accumulated' or 'current', not {params.alpha_grad!r}")
-        if params.alpha_every < 1:
-            raise ValueError(f"--set alpha_every must be at least 1, not {params.alpha_every}")
+        validate_params(params, self.name, warn=False)
         x, y = train_matrix(ctx, params.train_views)
         check_classes(ctx, y)
         text = normalized_text(ctx)  # t_c

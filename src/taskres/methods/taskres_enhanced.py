@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..classifier import CosineClassifier, logit_scale_exp
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, TrainingError, check_epochs
+from .base import FitContext, Method, TrainingError, not_empty, validate_params
 from .kit.search import accuracy, has_val, warn_no_val
 from .kit.training import OptimizerStep, Schedule, make_adam, train_loop
 from .taskres import TaskRes, TaskResParams
@@ -45,6 +45,11 @@ class TaskResEnhancedParams(TaskResParams):
     proj_weight_decay: float = 0.0
     proj_warmup_epochs: int = 1
 
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        super().validate()
+        not_empty("proj_lrs", self.proj_lrs)
+
+
 
 def template_mean_pre_projection(tower: TextTower, classnames: list[str], templates: list[str]) -> torch.Tensor:
     prompts = [tpl.format(name) for name in classnames for tpl in templates]
@@ -58,9 +63,7 @@ def projected_base(pre: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def enhanced_base(ctx: FitContext, params: TaskResEnhancedParams) -> tuple[torch.Tensor | None, dict]:
     """The fine-tuned projection's base t* (None when the pre-trained projection wins on val) and a summary."""
-    check_epochs(params.proj_epochs, "proj_epochs")
-    if not params.proj_lrs or any(not lr > 0 for lr in params.proj_lrs):
-        raise ValueError(f"--set proj_lrs must list positive learning rates, not {params.proj_lrs}")
+    validate_params(params, "taskres_enhanced", warn=False)
     if ctx.backbone is None:
         raise TrainingError("TaskRes* fine-tunes the text projection, but no backbone was given")
     tower = TextTower(ctx.backbone)

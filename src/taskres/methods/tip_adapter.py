@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from ..classifier import Classifier, ClassifierMeta
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, check_epochs, require_positive
+from ..errors import OptionError
+from .base import FitContext, Method, one_of, validate_params
 from .kit.heads import normalized_text, zero_shot_logits
 from .kit.samples import check_classes, train_matrix, working_float
 from .kit.search import accuracy, has_val, linspace_grid, warn_no_val
@@ -85,6 +86,14 @@ class TipAdapterParams:
     search_scale: list | None = None  # largest beta, largest alpha
     search_step: list = field(default_factory=lambda: [200, 20])  # grid points for beta, alpha (every yaml)
     keys: str = "mean"  # cache keys: "mean" of each image's cached views, or "one" view each
+
+    def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
+        one_of("keys", self.keys, ("mean", "one"))
+        for name in ("search_scale", "search_step"):
+            value = getattr(self, name)
+            if value is not None and len(value) != 2:
+                raise OptionError(name, f"takes two values (BETA,ALPHA), not {len(value)}")
+
 
 
 @dataclass
@@ -156,7 +165,7 @@ class CacheClassifier(Classifier):
 def build_cache(ctx: FitContext, keys: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keys K (normalised), values V (one-hot) and the labels behind V."""
     if keys not in ("mean", "one"):
-        raise ValueError(f"--set keys must be 'mean' or 'one', not {keys!r}")
+        raise OptionError("keys", f"must be 'mean' or 'one', not {keys!r}")
     feats, labels = train_matrix(ctx, keys)
     check_classes(ctx, labels)
     return F.normalize(feats, dim=-1), F.one_hot(labels, ctx.num_classes).to(feats.dtype), labels
@@ -173,7 +182,7 @@ def search_alpha_beta(params: TipAdapterParams, keys: torch.Tensor, values: torc
         return (float(params.init_alpha if fixed_alpha is None else fixed_alpha),
                 float(params.init_beta if fixed_beta is None else fixed_beta), None)
     if len(params.search_scale) != 2 or len(params.search_step) != 2:
-        raise ValueError("--set search_scale and search_step take two values each: BETA,ALPHA")
+        raise OptionError("search_scale", "and search_step take two values each: BETA,ALPHA")
     betas = [float(fixed_beta)] if fixed_beta is not None else linspace_grid(params.search_scale[0],
                                                                              params.search_step[0])
     alpha_grid = ([float(fixed_alpha)] if fixed_alpha is not None else
@@ -232,8 +241,7 @@ class TipAdapterF(Method):
 
     def fit(self, ctx: FitContext) -> CacheClassifier:
         params = self.resolved_params(ctx)
-        check_epochs(params.epochs)
-        require_positive("lr", params.lr)
+        validate_params(params, self.name, warn=False)
         keys0, values, labels = build_cache(ctx, params.keys)
         text = normalized_text(ctx)
         keys = torch.nn.Parameter(keys0.clone())  # the reference's adapter: a Linear layer initialised to K

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..classifier import CosineClassifier
+from ..errors import OptionError
 from .kit import text_recipe as recipes
 from .base import FitContext, Method
 
@@ -59,7 +60,8 @@ class ZeroShot(Method):
     def recipe_for(cls, hparams: dict | None = None):
         choice = (hparams or {}).get("templates", cls.Params().templates)
         if choice not in TEMPLATE_RECIPES:
-            raise ValueError(f"--set templates must be one of {', '.join(TEMPLATE_CHOICES)}, not {choice!r}")
+            raise OptionError("templates", f"must be one of {', '.join(TEMPLATE_CHOICES)}, not {choice!r}",
+                              method=cls.name)
         return TEMPLATE_RECIPES[choice]
 
     def fit(self, ctx: FitContext) -> CosineClassifier:

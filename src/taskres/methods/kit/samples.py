@@ -13,9 +13,10 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..base import FitContext, TrainingError
+from ...errors import OptionError
+from ..base import CHOICE_RULES, FitContext, TrainingError
 
-TRAIN_VIEWS = ("all", "mean", "one")
+TRAIN_VIEWS = CHOICE_RULES["train_views"]
 ROW_CHUNK = 8192  # training rows read at a time where a method streams its samples (memory-mapped views)
 
 
@@ -46,22 +47,22 @@ def train_matrix(ctx: FitContext, views: str = "mean") -> tuple[torch.Tensor, to
     if getattr(source, "views", None) is not None:  # in memory already: a view of it, no copy
         return working_float(source.views).cpu().reshape(v * n, source.dim), labels.repeat(v)
     if v > 1:
-        raise TrainingError("--set train_views=all with --memory-map: this method holds every cached view in "
-                            f"memory at once ({v} x {n} rows); use train_views=mean or one, or drop --memory-map")
+        raise TrainingError("train_views=all with memory-mapped views: this method holds every cached view in "
+                            f"memory at once ({v} x {n} rows); use train_views=mean or one, or memory_map off")
     return source.view_rows(0, torch.arange(n)), labels
 
 
 def check_train_views(views: str) -> None:
     if views not in TRAIN_VIEWS:
-        raise ValueError(f"--set train_views must be one of {', '.join(TRAIN_VIEWS)}, not {views!r}")
+        raise OptionError("train_views", f"must be one of {', '.join(TRAIN_VIEWS)}, not {views!r}")
 
 
 def cached_source(ctx: FitContext):
     """The training source, which must hold cached views (in memory or memory-mapped)."""
     source = ctx.train
     if not hasattr(source, "view_rows"):  # the online regime: images re-encoded at every step, nothing cached
-        raise TrainingError("--regime online: this method reads the training images once, as cached views "
-                            "(its reference regime); use --regime cached")
+        raise TrainingError("regime online: this method reads the training images once, as cached views "
+                            "(its reference regime); use regime cached")
     return source
 
 

@@ -8,6 +8,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ...errors import OptionError
 from ..base import TrainingError
 from .samples import working_float
 
@@ -88,23 +89,23 @@ class CoupledAdam:
                            eps=self.eps, amsgrad=False, maximize=False)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``--set device=...`` of a method: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:N"."""
+def resolve_device(name: str, method: str | None = None) -> torch.device:
+    """A method's ``device`` parameter: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:N"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--set device={name}: not a device (auto, cpu, cuda, cuda:N)") from None
+        raise OptionError("device", f"{name!r} is not a device (auto, cpu, cuda, cuda:N)", method=method) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--set device={name}: no CUDA device is available")
+        raise OptionError("device", f"{name!r}: no CUDA device is available", method=method)
     return device
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int | None = None) -> None:
     if not torch.isfinite(loss):
         where = f"epoch {epoch}" if step is None else f"epoch {epoch}, step {step}"
-        raise TrainingError(f"the loss became {float(loss)} in {where}; lower the learning rate (--set lr=...) "
+        raise TrainingError(f"the loss became {float(loss)} in {where}; lower the learning rate (lr) "
                             "or check the features for NaN")
 
 

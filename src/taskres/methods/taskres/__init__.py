@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ...classifier import CosineClassifier, logit_scale_exp
 from ..kit import text_recipe as recipes
-from ..base import FitContext, Method
+from ..base import FitContext, Method, one_of, validate_params
 from ...errors import OptionError
 from ..kit.training import (ClosedFormStep, OptimizerStep, Schedule, make_adam, resolve_device,
                              train_loop)
@@ -64,8 +64,7 @@ class TaskResParams:
     device: str = "auto"  # where x is trained: "auto" (the backbone's device: --device), "cpu", "cuda[:N]"
 
     def validate(self) -> None:  # the numeric bounds are methods/base.py's PARAM_RULES
-        if self.gradient not in GRADIENTS:
-            raise ValueError(f"--set gradient must be one of {', '.join(GRADIENTS)}, not {self.gradient!r}")
+        one_of("gradient", self.gradient, GRADIENTS)
         check_choice(self.products)  # "auto" too: resolved to fp32 or bf16 in fit
 
 
@@ -111,9 +110,9 @@ class TaskRes(Method):
                                      ctx.dataset_alpha, ctx.dataset_lr)
             return autotune.search(ctx, params, base, lambda p, c: TaskRes(p).fit(c, base=base, on_step=on_step),
                                    ref)
-        check_choice(params.products)
+        validate_params(params, self.name, warn=False)
         device = (getattr(ctx.backbone, "device", None) or torch.device("cpu")) if params.device == "auto" \
-            else resolve_device(params.device)
+            else resolve_device(params.device, self.name)
         base = (ctx.text_classifier if base is None else base).float().to(device)
         params = replace(params, products=self.products_for(params, ctx, base, device))
         residual = torch.nn.Parameter(torch.zeros_like(base))  # x, initialised to zeros

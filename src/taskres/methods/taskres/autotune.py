@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...classifier import Classifier
+from ...errors import OptionError
 from ..base import FitContext, TrainingError
 from ..kit.search import accuracy, has_val
 
@@ -68,7 +69,7 @@ def check_auto_params(params) -> tuple[str, ...]:
         if is_auto(value):
             searched.append(name)
         elif isinstance(value, str):
-            raise ValueError(f"--set {name} must be a number or 'auto', not {value!r}")
+            raise OptionError(name, f"must be a number or 'auto', not {value!r}")
     return tuple(searched)
 
 
@@ -110,13 +111,13 @@ def search(ctx: FitContext, params, base: torch.Tensor,
     """
     searched = check_auto_params(params)
     if not has_val(ctx):
-        raise TrainingError(f"--set {'/'.join(searched)}=auto chooses on the few-shot validation split, and this "
-                            "run has none; give numbers instead (e.g. --set alpha=0.5 --set lr=2e-3)")
+        raise TrainingError(f"{'/'.join(searched)}=auto chooses on the few-shot validation split, and this "
+                            "run has none; give numbers instead (e.g. alpha=0.5, lr=2e-3)")
     alpha_ref = reference["alpha"] if "alpha" in searched else params.alpha
     lr_ref = reference["lr"] if "lr" in searched else params.lr
     rms = text_rms(base)
     if not rms > 0:
-        raise TrainingError("the text classifier is zero; --set alpha/lr=auto has no scale to search around")
+        raise TrainingError("the text classifier is zero; alpha/lr=auto has no scale to search around")
     grid = candidate_grid(searched, alpha_ref, lr_ref, rms)
     val_f, val_y = ctx.val_features.float().cpu(), ctx.val_labels.long().cpu()
     log.info("TaskRes: searching %d (alpha, lr) candidates on %d val images", len(grid), len(val_y))
@@ -134,7 +135,7 @@ def search(ctx: FitContext, params, base: torch.Tensor,
         if best_key is None or key < best_key:
             best, best_key = clf, key
     if best is None:
-        raise TrainingError("--set alpha/lr=auto: every candidate diverged; give numbers instead")
+        raise TrainingError("alpha/lr=auto: every candidate diverged; give numbers instead")
     chosen = grid[best_key[2]]
     best.meta.hparams["auto_search"] = {
         "searched": list(searched), "selected_on": "val", "criterion": "val top-1, then val cross-entropy",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...errors import OptionError
 from .fused import FusedBf16Adam, FusedFp32Adam, FusedSoftmaxTerms
 
 PRODUCTS = ("fp32", "bf16")
@@ -18,7 +19,7 @@ GRADIENTS = ("closed_form", "autograd")
 
 def check_products(products: str) -> None:
     if products not in PRODUCTS:
-        raise ValueError(f"--set products must be one of {', '.join(PRODUCTS)}, not {products!r}")
+        raise OptionError("products", f"must be one of {', '.join(PRODUCTS)}, not {products!r}", method="taskres")
 
 
 class SoftmaxTerms:

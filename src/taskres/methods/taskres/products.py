@@ -1,4 +1,4 @@
-"""Which precision TaskRes's two matrix products run in: ``--set products=fp32|bf16|auto``.
+"""Which precision TaskRes's two matrix products run in: its parameter ``products`` = fp32, bf16 or auto.
 
 fp32 is the faithful default. bf16 operands (float32 accumulation) are 2-3 times faster where the hardware
 has bf16 dot products (x86 ``avx512_bf16`` or AMX) and several times *slower* where it has not (an AVX2
@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from ...atomic import write_json_atomic
+from ...errors import OptionError
 from ..kit.training import CoupledAdam
 from . import fused as kernels
 from .gradient import FusedStep, ResidualGradient
@@ -40,7 +41,7 @@ _warned: set[str] = set()
 
 def check_choice(products: str) -> None:
     if products not in CHOICES:
-        raise ValueError(f"--set products must be one of {', '.join(CHOICES)}, not {products!r}")
+        raise OptionError("products", f"must be one of {', '.join(CHOICES)}, not {products!r}")
 
 
 def decide(timings: Timings) -> str:
@@ -171,6 +172,6 @@ def choose_products(requested: str, base: torch.Tensor, batch: int, device: torc
     if factor > 1.0 and key not in _warned:
         _warned.add(key)
         log.warning("products=bf16 is %.2fx slower than fp32 on this machine (measured at %d x %d, batch %d): "
-                    "it has no fast bf16 dot products; --set products=fp32 (faithful) or auto is faster",
+                    "it has no fast bf16 dot products; products=fp32 (faithful) or auto is faster",
                     factor, classes, dim, batch)
     return "bf16"
