@@ -298,7 +298,7 @@ def check_sweep(sweep: SweepConfig) -> None:
     """Every option checked before any work starts; messages name the field at fault (the CLI: its flag)."""
     for f in dataclasses.fields(SweepConfig):  # a SweepConfig built in Python gets the sweep file's type checks
         if not any(k in str(f.type) for k in ("list", "dict")):
-            typed_value(getattr(sweep, f.name), f.type, f"--{f.name.replace('_', '-')}", text_bools=False)
+            typed_value(getattr(sweep, f.name), f.type, f"{OWNER}.{f.name}", text_bools=False)
     if sweep.protocol not in PROTOCOLS:
         raise OptionError("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}", owner=OWNER)
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):
