@@ -350,3 +350,23 @@ def test_cells_are_named_by_what_they_run():
     (cell,) = expand(sweep)
     assert cell.name == "ViT-B-16__dtd__taskres__4shot__seed2"
     assert Cell("domain", cell.backbone, "imagenet", "taskres", 16, 1).name.endswith("__seed1__domain")
+
+
+def test_bench_takes_fits_cache_options_and_they_reach_every_cell(tmp_path, sweep_data, capsys):
+    """--memory-map and --verify-cache are fit's options that apply to a cell: bench has them too (issue 20),
+    and the numbers are those of the in-memory run (memory mapping and verifying change no result)."""
+    common = ["--datasets", "caltech101", "--data-root", str(sweep_data["coop"]), "--shots", "2", "--seeds", "3",
+              "--methods", "taskres", "--quiet", *TINY, *FAST]
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    shown = capsys.readouterr().out
+    assert "--memory-map" in shown and "--verify-cache" in shown
+    assert cli.main(["bench", str(tmp_path / "plain"), *common]) == 0
+    assert cli.main(["bench", str(tmp_path / "mapped"), *common, "--memory-map", "--verify-cache", "none"]) == 0
+    (plain,), (mapped,) = records(tmp_path / "plain").values(), records(tmp_path / "mapped").values()
+    assert mapped["config"]["memory_map"] is True and mapped["config"]["verify_cache"] == "none"
+    assert plain["config"]["memory_map"] is False and plain["config"]["verify_cache"] is None
+    assert mapped["scores"] == plain["scores"] and mapped["key"] == plain["key"]
+    with pytest.raises(SystemExit):  # argparse's own refusal, as for fit
+        cli.main(["bench", str(tmp_path / "x"), *common, "--verify-cache", "some"])
+    assert "--verify-cache: invalid choice" in capsys.readouterr().err

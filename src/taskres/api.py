@@ -29,12 +29,13 @@ from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, V
 from .methods import FitContext, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES, TextRecipe
 from .metrics import accuracy, split_evaluation
+from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, MEMORY_MAP, NUM_WORKERS, REGIME,
+                      SEARCH_SPLIT, SEED, SHOTS, SKIP_BAD_IMAGES, VERIFY_CACHE, VIEWS, Option)
 from .reports.run import write_run_report
 from .typed import typed_value
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
-DEFAULT_VIEWS = 10
 DEFAULT_SHOTS, DEFAULT_SEED = 16, 1  # what fit uses when neither the config nor a split file says
 RUN_FILES = ("classifier.safetensors", "metrics.json", "config.json", "splits.json")
 
@@ -45,26 +46,28 @@ class FitConfig:
 
     method: str = "taskres"
     dataset: str = "mini-shapes"  # registered name, demo task (mini-*), or a folder of class folders
-    data_root: str | None = None
+    data_root: str | None = DATA_ROOT.field()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    shots: int | None = None  # K; None: the split file's, else 16. Given with split_file, it must agree
-    seed: int | None = None  # None: the split file's, else 1. Given with split_file, it must agree
-    regime: str = "cached"  # "cached": train on cached augmented views | "online": fresh augmentation
-    views: int = DEFAULT_VIEWS  # augmented views cached per training image (cached regime)
-    augment: bool = True  # False: train on the test transform (one view)
-    memory_map: bool = False  # cached regime: the views stay in the cache, memory-mapped (sets larger than RAM)
-    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
+    shots: int | None = SHOTS.field()  # None: the split file's, else 16
+    seed: int | None = SEED.field()  # None: the split file's, else 1
+    regime: str = REGIME.field()
+    views: int = VIEWS.field()  # cached regime
+    augment: bool = AUGMENT.field()
+    memory_map: bool = MEMORY_MAP.field()
+    search_split: str = SEARCH_SPLIT.field()
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
-    cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
-    verify_cache: str | None = None  # "full" | "none" (see FeatureCache); None: $TASKRES_VERIFY_CACHE or "full"
-    out: str | None = None  # run folder, written beside it and renamed into place when complete
-    overwrite: bool = False  # replace an existing run at ``out`` (else refused before any work)
-    split_file: str | None = None  # reuse an exact few-shot split (a run's splits.json)
-    batch_size: int = 128  # encoding batch size
-    num_workers: int | None = None  # image decoding workers (None: automatic)
-    skip_bad_images: bool = False
-    allow_fewer_shots: bool = False
+    cache_dir: str | None = CACHE_DIR.field()  # None: options.cache_home()/features; "" disables
+    verify_cache: str | None = VERIFY_CACHE.field()
+    out: str | None = Option(None, "run folder for the classifier, metrics, config and splits (written beside it, "
+                                   "renamed into place when complete)").field()
+    overwrite: bool = Option(False, "replace the run already in the run folder (else refused before any "
+                                    "work)").field()
+    split_file: str | None = Option(None, "reuse the exact few-shot split of a run (its splits.json)").field()
+    batch_size: int = BATCH_SIZE.field()
+    num_workers: int | None = NUM_WORKERS.field()
+    skip_bad_images: bool = SKIP_BAD_IMAGES.field()
+    allow_fewer_shots: bool = ALLOW_FEWER_SHOTS.field()
     progress: bool = True
 
     def to_dict(self) -> dict:

@@ -60,7 +60,6 @@ from .protocols import PAPER_METHODS, PROTOCOL_RUNNERS, Cell, CellEnv, SweepConf
 
 log = logging.getLogger("taskres")
 RECORD_FORMAT = 1
-DEFAULT_DIST_TIMEOUT_S = 7 * 24 * 3600.0  # a rank may wait this long at the last barrier for the slowest one
 
 
 def _component(name: str) -> str:
@@ -234,7 +233,7 @@ class _Envs:
     def __init__(self, sweep: SweepConfig, inner_progress: bool, group: Group | None = None):
         self.sweep, self.inner_progress, self.group = sweep, inner_progress, group or Group()
         self.tasks = _Tasks(sweep.data_root)
-        self.cache = make_cache(sweep.cache_dir)
+        self.cache = make_cache(sweep.cache_dir, verify=sweep.verify_cache)
         self.spec, self.env, self.error = None, None, None
 
     def get(self, spec, bar=None):

@@ -37,35 +37,40 @@ import torch
 from .backbone import BackboneConfig, load_backbone
 from .datasets import load_dataset, make_fewshot_split
 from .errors import OptionError
-from .features import (DEFAULT_SHARD_SIZE, CacheEntry, FeatureCache, View, loader_workers,
+from .features import (DEFAULT_SHARD_SIZE, STORE_DTYPES, CacheEntry, FeatureCache, View, loader_workers,
                        default_cache_dir)
+from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, DIST_TIMEOUT_S, NUM_WORKERS,
+                      SEARCH_SPLIT, SEED, SHOTS, SKIP_BAD_IMAGES, VERIFY_CACHE, VIEWS, Option)
 from .process_group import Group, rank_device
 
-DEFAULT_VIEWS = 10  # as ``taskres fit``
 
 
 @dataclass
 class ExtractConfig:
     dataset: str
-    data_root: str | None = None
+    data_root: str | None = DATA_ROOT.field()
     splits: tuple[str, ...] = ("train", "val", "test")
-    shots: int | None = None  # None: whole splits; K: the few-shot train/val images of ``fit --shots K``
-    seed: int = 1  # few-shot draw and augmentation seed (as ``fit --seed``)
-    views: int = DEFAULT_VIEWS  # augmented views of the train images
-    augment: bool = True  # False: the train images under the test transform (``fit --no-augment``)
-    search_split: str = "fewshot"  # which val images with --shots: as ``fit --search-split``
-    method: str = "taskres"  # whose training views: its crop on the dataset (Method.crop_scale), as ``fit``
-    allow_fewer_shots: bool = False
+    shots: int | None = SHOTS.field("encode the few-shot train/val images that fit uses with these shots and seed "
+                                    "(default: whole splits)")
+    seed: int = SEED.field("few-shot and augmentation seed (as fit's)", default=1)
+    views: int = VIEWS.field()
+    augment: bool = AUGMENT.field()
+    search_split: str = SEARCH_SPLIT.field("with shots: the val images of fit's search split (default: fewshot)")
+    method: str = Option("taskres", "the method whose training views to encode (its crop scale; default: taskres, "
+                                    "0.08-1)").field()
+    allow_fewer_shots: bool = ALLOW_FEWER_SHOTS.field()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    cache_dir: str | None = None  # None: $TASKRES_CACHE/features
-    shard_size: int = DEFAULT_SHARD_SIZE
-    store: str = "fp32"  # fp32 | fp16 (fp16 entries are separate; ``fit`` reads fp32 ones)
-    verify_cache: str | None = None  # how kept shards are checked (FeatureCache's ``verify``)
-    batch_size: int = 128
-    num_workers: int | None = None
-    skip_bad_images: bool = False
+    cache_dir: str | None = CACHE_DIR.field()
+    shard_size: int = Option(DEFAULT_SHARD_SIZE, f"images per cache shard, the unit of work and of resumption "
+                                                 f"(default {DEFAULT_SHARD_SIZE})", low=1).field()
+    store: str = Option("fp32", "storage type; fp16 halves disk and page cache (separate entries: fit reads fp32 "
+                                "ones)", choices=tuple(sorted(STORE_DTYPES))).field()
+    verify_cache: str | None = VERIFY_CACHE.field()
+    batch_size: int = BATCH_SIZE.field()
+    num_workers: int | None = NUM_WORKERS.field()
+    skip_bad_images: bool = SKIP_BAD_IMAGES.field()
     progress: bool = True
-    dist_timeout_s: float = 7200.0  # how long a rank may wait for the others at a barrier
+    dist_timeout_s: float = DIST_TIMEOUT_S.field()
 
 
 @dataclass

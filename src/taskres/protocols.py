@@ -33,6 +33,8 @@ from .datasets.fewshot import SEARCH_SPLITS
 from .errors import OptionError
 from .methods import METHODS, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES
+from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, MEMORY_MAP, NUM_WORKERS, REGIME,
+                      SEARCH_SPLIT, SKIP_BAD_IMAGES, VERIFY_CACHE, VIEWS, check_options)
 from .cli.commands import eval_command, fit_command
 from .typed import typed_value
 
@@ -91,18 +93,21 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [1])
     methods: list[str] = field(default_factory=list)
     backbones: list[BackboneSpec] = field(default_factory=list)
-    data_root: str | None = None
+    data_root: str | None = DATA_ROOT.field()
     targets: list[str] = field(default_factory=lambda: list(DOMAIN_SHIFT_TARGETS))  # domain protocol only
-    regime: str = "cached"
-    views: int = 10
-    augment: bool = True
+    regime: str = REGIME.field()
+    views: int = VIEWS.field()
+    augment: bool = AUGMENT.field()
     method_params: dict[str, dict] = field(default_factory=dict)  # method -> {parameter: value}
-    cache_dir: str | None = None
-    batch_size: int = 128
-    num_workers: int | None = None
-    skip_bad_images: bool = False
-    allow_fewer_shots: bool = False
-    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
+    cache_dir: str | None = CACHE_DIR.field()
+    batch_size: int = BATCH_SIZE.field()
+    num_workers: int | None = NUM_WORKERS.field()
+    skip_bad_images: bool = SKIP_BAD_IMAGES.field()
+    allow_fewer_shots: bool = ALLOW_FEWER_SHOTS.field()
+    search_split: str = SEARCH_SPLIT.field()
+    # how the cells read the cache; neither changes a result, so neither is part of a cell's key
+    verify_cache: str | None = VERIFY_CACHE.field()
+    memory_map: bool = MEMORY_MAP.field()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -293,7 +298,7 @@ def check_sweep(sweep: SweepConfig) -> None:
     """Every option checked before any work starts; messages name the field at fault (the CLI: its flag)."""
     for f in dataclasses.fields(SweepConfig):  # a SweepConfig built in Python gets the sweep file's type checks
         if not any(k in str(f.type) for k in ("list", "dict")):
-            typed_value(getattr(sweep, f.name), f.type, f"--{f.name.replace('_', '-')}", text_bools=False)
+            typed_value(getattr(sweep, f.name), f.type, f"{OWNER}.{f.name}", text_bools=False)
     if sweep.protocol not in PROTOCOLS:
         raise OptionError("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}", owner=OWNER)
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):
@@ -327,6 +332,10 @@ def check_sweep(sweep: SweepConfig) -> None:
         except (RuntimeError, TypeError):
             raise OptionError("device", f"must be cpu or cuda[:N], not {b.device!r} (backbone {b.name})",
                               owner="BackboneSpec") from None
+    check_options(sweep, ("verify_cache",))
+    if sweep.regime == "online" and sweep.memory_map:  # as fit refuses it, but before any cell runs
+        raise OptionError("memory_map", "with regime online: the online regime keeps no training views to map",
+                          owner=OWNER)
     if sweep.search_split not in SEARCH_SPLITS:
         raise OptionError("search_split", f"must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}",
                           owner=OWNER)
@@ -486,7 +495,8 @@ def fit_config(cell: Cell, sweep: SweepConfig, run_dir: Path, progress: bool):
         method_params=dict(sweep.method_params.get(cell.method, {})), eval_splits=("test",),
         cache_dir=sweep.cache_dir, out=str(run_dir), batch_size=sweep.batch_size, num_workers=sweep.num_workers,
         skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots,
-        search_split=sweep.search_split, progress=progress)
+        search_split=sweep.search_split, verify_cache=sweep.verify_cache, memory_map=sweep.memory_map,
+        progress=progress)
 
 
 def _nan_to_none(x: float) -> float | None:

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import torch
 
-from ..bench import DEFAULT_DIST_TIMEOUT_S, dry_run, print_summary, run_sweep
+from ..bench import dry_run, print_summary, run_sweep
+from ..options import DIST_TIMEOUT_S
 from ..process_group import Group
 from ..protocols import PROTOCOLS, SweepConfig, preset, read_sweep_file, resolve_sweep
+from .flags import DATA_FIELDS, add_field_flags, field_values
+
+# SweepConfig's fields that are flags as they are in fit (the sweep's lists and backbones have their own below)
+CELL_FIELDS = DATA_FIELDS + ("regime", "views", "augment", "memory_map", "search_split", "allow_fewer_shots")
 
 
 def _list_arg(values):
@@ -29,10 +34,7 @@ def sweep_from_args(args) -> tuple[SweepConfig, list[str]]:
     flags = {
         "protocol": args.protocol, "datasets": _list_arg(args.datasets), "shots": _list_arg(args.shots),
         "seeds": _list_arg(args.seeds), "methods": _list_arg(args.methods), "targets": _list_arg(args.targets),
-        "data_root": args.data_root, "regime": args.regime, "views": args.views,
-        "augment": False if args.no_augment else None, "cache_dir": args.cache_dir, "batch_size": args.batch_size,
-        "num_workers": args.workers, "skip_bad_images": True if args.skip_bad_images else None,
-        "allow_fewer_shots": True if args.allow_fewer_shots else None, "search_split": args.search_split,
+        **field_values(args, CELL_FIELDS),  # None where not given: the preset's or the file's value stands
     }
     backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision,
                       "quick_gelu": args.quick_gelu}
@@ -68,22 +70,10 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
     g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                    help="the checkpoint file's weights were trained with QuickGELU (--no-quick-gelu: nn.GELU)")
-    g.add_argument("--data-root", default=None, help="the folder holding the CoOp dataset layout")
-    g.add_argument("--regime", default=None, choices=["cached", "online"], help="training regime (default: cached)")
-    g.add_argument("--views", type=int, default=None, help="augmented views cached per training image (default 10)")
-    g.add_argument("--no-augment", action="store_true", help="train on the test transform only")
     g.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="method parameter override: METHOD.KEY=VALUE for one method, KEY=VALUE for every swept "
                         "method that has KEY (e.g. --set taskres.epochs=50)")
-    g.add_argument("--cache-dir", default=None, help="feature cache folder ('' for none)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
-    g.add_argument("--workers", type=int, default=None, help="image decoding workers")
-    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
-    g.add_argument("--allow-fewer-shots", action="store_true",
-                   help="use every image of a class with fewer than K (CoOp's behaviour)")
-    g.add_argument("--search-split", default=None, choices=["fewshot", "full"],
-                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
-                        "(default), full = the dataset's whole validation split; never the test split")
+    add_field_flags(g, SweepConfig, CELL_FIELDS, layered=True)
 
 
 def cmd_bench(args) -> int:
@@ -128,6 +118,5 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes on this machine, each with its share of the cores (default 1; for GPUs "
                         "or several machines use torchrun)")
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S,
-                   help="under torchrun: seconds a rank may wait at a barrier for the slowest rank (default: a week)")
+    p.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S.default, help=DIST_TIMEOUT_S.help)
     p.set_defaults(func=cmd_bench)

@@ -1,22 +1,19 @@
-"""``taskres extract``: the flags of the extract verb, turned into an ``ExtractConfig``."""
+"""``taskres extract``: the flags of the extract verb, generated from ``ExtractConfig``'s fields."""
 
 from __future__ import annotations
 
-from ..extract import DEFAULT_VIEWS, ExtractConfig, extract
-from ..features import DEFAULT_SHARD_SIZE, STORE_DTYPES
-from .flags import add_backbone_args, add_data_args, backbone_config
+from ..extract import ExtractConfig, extract
+from .flags import DATA_FIELDS, add_backbone_args, add_field_flags, add_image_limit_arg, backbone_config, field_values
+
+# ExtractConfig's fields that are its flags: the data fields of every dataset verb, fit's few-shot draw, its own
+EXTRACT_FIELDS = DATA_FIELDS + ("shots", "seed", "views", "augment", "method", "search_split", "allow_fewer_shots",
+                                "shard_size", "store", "dist_timeout_s")
 
 
 def cmd_extract(args) -> int:
-    cfg = ExtractConfig(
-        dataset=args.dataset, data_root=args.data_root, splits=tuple(args.split or ("train", "val", "test")),
-        shots=args.shots, seed=args.seed, views=args.views, augment=not args.no_augment, method=args.method,
-        search_split=args.search_split,
-        allow_fewer_shots=args.allow_fewer_shots, backbone=backbone_config(args), cache_dir=args.cache_dir,
-        shard_size=args.shard_size, store=args.store, batch_size=args.batch_size, num_workers=args.workers,
-        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout,
-        verify_cache=args.verify_cache)
-    extract(cfg)
+    extract(ExtractConfig(dataset=args.dataset, splits=tuple(args.split or ("train", "val", "test")),
+                          backbone=backbone_config(args), progress=not args.quiet,
+                          **field_values(args, EXTRACT_FIELDS)))
     return 0
 
 
@@ -25,25 +22,13 @@ def register(subparsers) -> None:
         "extract", help="encode dataset splits into the feature cache (one process, or many under torchrun)",
         description="Encode dataset splits into the feature cache. Under torchrun (torchrun --nproc-per-node N "
                     "-m taskres extract ...) the shards are shared between the ranks; a killed run resumes.")
-    add_data_args(p)
+    p.add_argument("--dataset", required=True,
+                   help="a registered dataset (imagenet, caltech101, ...), a demo task (mini-*), or a folder "
+                        "with one sub-folder of images per class")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_image_limit_arg(p)
     add_backbone_args(p)
     p.add_argument("--split", action="append", default=None,
                    help="split to encode (repeatable; default: train, val and test)")
-    p.add_argument("--shots", type=int, default=None,
-                   help="encode the few-shot train/val images that 'fit --shots K --seed S' uses (default: whole "
-                        "splits)")
-    p.add_argument("--seed", type=int, default=1, help="few-shot and augmentation seed (as fit's --seed)")
-    p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views of each train image")
-    p.add_argument("--no-augment", action="store_true", help="train images under the test transform only")
-    p.add_argument("--method", default="taskres",
-                   help="the method whose training views to encode (its crop scale; default: taskres, 0.08-1)")
-    p.add_argument("--search-split", default="fewshot", choices=["fewshot", "full"],
-                   help="with --shots: the val images of 'fit --search-split' (default: fewshot)")
-    p.add_argument("--allow-fewer-shots", action="store_true", help="as fit's --allow-fewer-shots")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                   help=f"images per cache shard, the unit of work and of resumption (default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--store", default="fp32", choices=sorted(STORE_DTYPES),
-                   help="storage type; fp16 halves disk and page cache (separate entries: fit reads fp32 ones)")
-    p.add_argument("--dist-timeout", type=float, default=7200.0,
-                   help="seconds a rank may wait for the others at a barrier (torchrun)")
+    add_field_flags(p, ExtractConfig, EXTRACT_FIELDS)
     p.set_defaults(func=cmd_extract)

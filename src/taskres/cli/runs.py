@@ -6,7 +6,13 @@ import json
 import sys
 
 from ..methods import METHODS
-from .flags import add_backbone_args, add_data_args, add_image_limit_arg, backbone_config
+from .flags import (DATA_FIELDS, add_backbone_args, add_data_args, add_field_flags, add_image_limit_arg, backbone_config,
+                    field_values)
+
+# FitConfig's fields that are fit's own flags (beside the data fields every dataset verb has)
+FIT_FIELDS = ("shots", "seed", "regime", "views", "augment", "memory_map", "search_split", "split_file",
+              "allow_fewer_shots", "out", "overwrite")
+PREDICT_FIELDS = ("batch_size", "num_workers", "skip_bad_images")  # how predict encodes its images
 
 
 def shots_text(m: dict) -> str:
@@ -21,13 +27,10 @@ def cmd_fit(args) -> int:
     from ..api import FitConfig, fit
 
     cfg = FitConfig(
-        method=args.method, dataset=args.dataset, data_root=args.data_root, backbone=backbone_config(args),
-        shots=args.shots, seed=args.seed, regime=args.regime, views=args.views, augment=not args.no_augment,
-        memory_map=args.memory_map, search_split=args.search_split, method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
-        eval_splits=tuple(args.eval_split), cache_dir=args.cache_dir, out=args.out, split_file=args.split_file,
-        batch_size=args.batch_size, num_workers=args.workers, skip_bad_images=args.skip_bad_images,
-        allow_fewer_shots=args.allow_fewer_shots, overwrite=args.overwrite, progress=not args.quiet,
-        verify_cache=args.verify_cache)
+        method=args.method, dataset=args.dataset, backbone=backbone_config(args),
+        method_params=dict(s.split("=", 1) if "=" in s else (s, None) for s in args.set),
+        eval_splits=tuple(args.eval_split or ("test",)), progress=not args.quiet,
+        **field_values(args, DATA_FIELDS + FIT_FIELDS))
     from ..metrics import summary_lines
 
     result = fit(cfg)
@@ -53,10 +56,9 @@ def cmd_fit(args) -> int:
 def cmd_eval(args) -> int:
     from ..api import evaluate
 
-    res = evaluate(args.run, args.dataset, data_root=args.data_root, split=args.split,
-                   backbone_cfg=backbone_config(args), cache_dir=args.cache_dir, batch_size=args.batch_size,
-                   num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet,
-                   device=args.device, precision=args.precision, verify_cache=args.verify_cache)
+    res = evaluate(args.run, args.dataset, split=args.split, backbone_cfg=backbone_config(args),
+                   progress=not args.quiet, device=args.device, precision=args.precision,
+                   **field_values(args, DATA_FIELDS))
     from ..metrics import summary_lines
 
     subset = " (class subset)" if res["class_subset"] else ""
@@ -78,8 +80,8 @@ def cmd_predict(args) -> int:
     from ..predictions import dump_json, write_csv
 
     rows = predict(args.run, args.images, k=args.top, backbone_cfg=backbone_config(args), device=args.device,
-                   precision=args.precision, file_list=args.file_list, batch_size=args.batch_size,
-                   num_workers=args.workers, skip_bad_images=args.skip_bad_images, progress=not args.quiet)
+                   precision=args.precision, file_list=args.file_list, progress=not args.quiet,
+                   **field_values(args, PREDICT_FIELDS))
     if args.csv:
         print(f"wrote {write_csv(rows, args.csv, args.top)} ({len(rows)} images)", file=sys.stderr)
     if args.json:  # stdout holds the JSON alone; progress and notes go to stderr
@@ -95,35 +97,18 @@ def cmd_predict(args) -> int:
 
 
 def register(subparsers) -> None:
+    from ..api import FitConfig
+
     p = subparsers.add_parser("fit", help="adapt a backbone to a dataset from K shots and evaluate it")
     p.add_argument("--method", default="taskres", choices=sorted(METHODS),
                    help="method (default: taskres; auto: the best on the validation split; taskres methods lists "
                         "them)")
     add_data_args(p)
     add_backbone_args(p)
-    p.add_argument("--shots", type=int, default=None,
-                   help="K: training images per class (default: 16, or the --split-file's, which it must match)")
-    p.add_argument("--seed", type=int, default=None, help="default: 1, or the --split-file's, which it must match")
-    p.add_argument("--regime", default="cached", choices=["cached", "online"],
-                   help="cached: train on cached augmented views (fast, default); online: fresh augmentation "
-                        "through the image encoder at every step (the reference regime)")
-    p.add_argument("--views", type=int, default=10, help="augmented views cached per training image")
-    p.add_argument("--no-augment", action="store_true", help="train on the test transform only")
-    p.add_argument("--memory-map", action="store_true",
-                   help="keep the cached training views on disk, memory-mapped, instead of in memory (for "
-                        "training sets larger than RAM; needs the feature cache)")
+    add_field_flags(p, FitConfig, FIT_FIELDS)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter, e.g. --set lr=1e-3 --set epochs=50")
-    p.add_argument("--search-split", default="fewshot", choices=["fewshot", "full"],
-                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
-                        "(default), full = the dataset's whole validation split (as the papers' code); never test")
     p.add_argument("--eval-split", action="append", default=None, help="split(s) to evaluate (default: test)")
-    p.add_argument("--split-file", default=None, help="reuse the exact few-shot split of a run (its splits.json)")
-    p.add_argument("--allow-fewer-shots", action="store_true",
-                   help="use every image of a class with fewer than K (CoOp's behaviour) instead of stopping")
-    p.add_argument("--out", default=None, help="run folder for the classifier, metrics, config and splits "
-                                               "(written beside it, renamed into place when complete)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.set_defaults(func=cmd_fit)
 
     p = subparsers.add_parser("eval", help="evaluate a saved classifier on a dataset split")
@@ -146,11 +131,7 @@ def register(subparsers) -> None:
                    help="print one JSON array: per image, its path and top classes with probabilities")
     p.add_argument("--csv", default=None, metavar="OUT",
                    help="write a CSV: per image, path, class_1, probability_1, ..., error")
-    p.add_argument("--batch-size", type=int, default=128, help="images per encoder batch")
-    p.add_argument("--workers", type=int, default=None, help="image decoding workers (default: automatic)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable images with a warning (kept in the output with their error) instead "
-                        "of stopping")
+    add_field_flags(p, FitConfig, PREDICT_FIELDS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_backbone_args(p, defaults=False)
     add_image_limit_arg(p)
