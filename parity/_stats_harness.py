@@ -18,9 +18,10 @@ import types
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import fixture
-
 import torch
+
+from . import fixture
+from .text_official import literal
 
 # Patches that hold for every script here; each module adds its own.
 CPU_PATCH = "torch.Tensor.cuda and nn.Module.cuda return their object unchanged (the release calls .cuda())"
@@ -74,6 +75,20 @@ def load(name: str, path: Path, patches: list[tuple[str, str, str]] = ()) -> typ
     sys.modules[name] = module
     exec(compile(source, str(path), "exec"), module.__dict__)
     return module
+
+
+def release_template(root: Path, dataset: str) -> list[str]:
+    """The ``template`` list of the release's ``datasets/<dataset>.py``, read as a literal (``ast.literal_eval``):
+    importing the dataset module would need its files, and nothing of the snapshot is run that need not be."""
+    return literal(root / "datasets" / f"{dataset}.py", "template")
+
+
+def release_text(root: Path, clip, utils, dtype: torch.dtype, dataset: str) -> torch.Tensor:
+    """The release's ``utils.clip_classifier`` with ``dataset``'s templates, on the tiny CLIP built by the
+    repository's own ``build_model``: [D, C] (LP++'s and GDA's releases hold the same function)."""
+    model = clip.model.build_model(fixture.tiny_state_dict(torch.float32)).to(dtype).eval()
+    with torch.no_grad(), fixture.exact_layernorm(clip.model.LayerNorm):
+        return utils.clip_classifier(fixture.CLASSNAMES, release_template(root, dataset), model)
 
 
 @contextlib.contextmanager

@@ -64,20 +64,6 @@ def import_release(root: Path):
     return __import__("clip"), harness.load("utils", root / "utils.py", [NUMPY_SCALAR])
 
 
-def release_template(root: Path) -> list[str]:
-    for line in (root / "datasets" / f"{TEMPLATE_DATASET}.py").read_text().splitlines():
-        if line.startswith("template = "):
-            return eval(line.split("=", 1)[1], {})  # a list literal of strings
-    raise RuntimeError(f"datasets/{TEMPLATE_DATASET}.py: no template list")
-
-
-def release_text(root: Path, clip, utils, dtype: torch.dtype) -> torch.Tensor:
-    """utils.clip_classifier on the tiny CLIP built by the repository's own build_model: [D, C]."""
-    model = clip.model.build_model(fixture.tiny_state_dict(torch.float32)).to(dtype).eval()
-    with torch.no_grad(), fixture.exact_layernorm(clip.model.LayerNorm):
-        return utils.clip_classifier(fixture.CLASSNAMES, release_template(root), model)
-
-
 class Passes:
     """The cache loader: pass v (of cfg["augment_epoch"]) yields augmented view v of every image, one batch."""
 
@@ -124,7 +110,7 @@ def generate(repo: Path) -> None:
     outputs = []
     for name, dtype in fixture.DTYPES.items():
         with harness.cpu_only(), harness.default_dtype(dtype):
-            text = release_text(root, clip, utils, dtype)
+            text = harness.release_text(root, clip, utils, dtype, TEMPLATE_DATASET)
         tensors[f"{name}/text"] = text.t().contiguous()  # [C, D]
         run = run_release(root, dtype, {**inputs, "text": text.t()})
         outputs = list(run)

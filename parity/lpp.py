@@ -75,21 +75,6 @@ def import_release(root: Path):
     return clip, utils
 
 
-def release_template(root: Path) -> list[str]:
-    """The dataset file's ``template`` list, read without importing the dataset module (it needs files)."""
-    for line in (root / "datasets" / f"{TEMPLATE_DATASET}.py").read_text().splitlines():
-        if line.startswith("template = "):
-            return eval(line.split("=", 1)[1], {})  # a list literal of strings
-    raise RuntimeError(f"datasets/{TEMPLATE_DATASET}.py: no template list")
-
-
-def release_text(root: Path, clip, utils, dtype: torch.dtype) -> torch.Tensor:
-    """utils.clip_classifier on the tiny CLIP built by the repository's own build_model: [D, C]."""
-    model = clip.model.build_model(fixture.tiny_state_dict(torch.float32)).to(dtype).eval()
-    with torch.no_grad(), fixture.exact_layernorm(clip.model.LayerNorm):
-        return utils.clip_classifier(fixture.CLASSNAMES, release_template(root), model)
-
-
 def run_release(root: Path, dtype: torch.dtype, inputs: dict, zero_bias: bool = True) -> dict:
     """One run of LinearProbe_P2.forward; returns what it computed (per-epoch states observed, not edited)."""
     patches = [ZERO_BIAS] if zero_bias else []
@@ -150,7 +135,7 @@ def generate(repo: Path) -> None:
     outputs = {}
     for name, dtype in fixture.DTYPES.items():
         with harness.cpu_only(), harness.default_dtype(dtype):
-            text = release_text(root, clip, utils, dtype)
+            text = harness.release_text(root, clip, utils, dtype, TEMPLATE_DATASET)
         tensors[f"{name}/text"] = text.t().contiguous()  # [C, D]
         run = run_release(root, dtype, {**inputs, "text": text.t()})
         outputs = list(run)
