@@ -1,4 +1,7 @@
-"""Small shared pieces of parity.tip_adapter and parity.clip_adapter: running a release's code on a CPU, on features.
+"""Small shared pieces of parity.tip_adapter and parity.clip_adapter: a release's code fed cached features.
+
+Loading the release and keeping it on the CPU is _stats_harness's (load, on_path, cpu_only); here are the
+loaders and batch order that stand in for its images, and stubs for imports its parity path never calls.
 
 Both releases were written for a GPU and for images; the parity runs feed them the fixture's cached features.
 What is patched is said in each golden's ``meta["patches"]``; these helpers are those patches, nothing more.
@@ -6,21 +9,11 @@ What is patched is said in each golden's ``meta["patches"]``; these helpers are 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.machinery
-import importlib.util
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import torch
-
-
-def official_commit(repo: Path) -> str:
-    """The snapshot's commit (``git rev-parse HEAD``), for the golden's meta."""
-    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 class _Unused(types.ModuleType):
@@ -44,35 +37,6 @@ def stub_modules(names: list[str]) -> None:
         module = _Unused(name)
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         sys.modules[name] = module
-
-
-def use_release_package(repo: Path, package: str) -> None:
-    """Put the snapshot first on sys.path and forget an already imported ``package`` (e.g. clip-anytorch's
-    ``clip``), so that the release's own copy is the one imported from here on."""
-    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-        del sys.modules[name]
-    sys.path.insert(0, str(repo))
-
-
-def import_file(name: str, path: Path):
-    """Import one file of the release under a private module name (``main.py`` is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@contextlib.contextmanager
-def cuda_is_cpu():
-    """``Tensor.cuda()`` and ``Module.cuda()`` return their receiver: the releases call them unconditionally."""
-    saved = torch.Tensor.cuda, torch.nn.Module.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda, torch.nn.Module.cuda = saved
 
 
 def epoch_permutations(n: int, epochs: int, seed: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""What the LP++, GDA and CLAP parity scripts share to run an official repository's code on a CPU.
+"""What the parity scripts share to run an official repository's code on a CPU (LP++, GDA, CLAP, the linear
+probe, Tip-Adapter, CLIP-Adapter).
 
 Each official file is executed from the snapshot as it is, except for the listed source patches: every patch
 is an exact (old, new) text replacement that must match once, and its reason is written into the golden's
@@ -104,13 +105,19 @@ def cpu_only() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+def swapped(get: Callable[[], object], put: Callable[[object], object], value: object) -> Iterator[None]:
+    """``put(value)`` while inside; on the way out, ``put`` back what ``get()`` gave (a process-wide setting)."""
+    saved = get()
+    put(value)
     try:
         yield
     finally:
-        torch.set_default_dtype(saved)
+        put(saved)
+
+
+def default_dtype(dtype: torch.dtype):
+    """torch's default dtype is ``dtype`` while inside (FP64_DEFAULT)."""
+    return swapped(torch.get_default_dtype, torch.set_default_dtype, dtype)
 
 
 def line_of(function: Callable, text: str) -> int:
