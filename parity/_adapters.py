@@ -15,6 +15,8 @@ import types
 
 import torch
 
+from taskres.features.views import CachedViews
+
 
 class _Unused(types.ModuleType):
     """An import-only stand-in: the module may be imported, but any use of it fails loudly."""
@@ -75,28 +77,14 @@ class FeatureLoader:
             yield {"img": feats, "label": labels} if self.as_dict else (feats, labels)
 
 
-class EpochViews:
-    """A taskres training source (``.features(idx, epoch)``, ``.labels``, ``.views``) that shows view
-    ``epoch % V`` in epoch e, as :class:`FeatureLoader` does for the release."""
+class EpochViews(CachedViews):
+    """taskres's in-memory training source (:class:`CachedViews`) with the releases' view order: epoch e shows
+    view ``e % V`` of every image, as :class:`FeatureLoader` does for the release, instead of a seeded draw."""
 
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor):
-        self.views, self.labels = views, labels
-
-    @property
-    def num_samples(self) -> int:
-        return self.views.shape[1]
-
-    @property
-    def dim(self) -> int:
-        return self.views.shape[2]
-
-    @property
-    def num_views(self) -> int:
-        return self.views.shape[0]
-
-    def features(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        return self.views[epoch % self.views.shape[0], idx]
+    def view_choice(self, epoch: int) -> torch.Tensor:
+        # the hook every reader of CachedViews' choice goes through (its features, TaskRes's normalised copy)
+        return torch.full((self.num_samples,), epoch % self.num_views)
 
     def view_rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
-        """Rows ``idx`` of one view, in the views' dtype (what taskres's one-pass methods read)."""
+        """Rows ``idx`` of one view in the views' dtype (CachedViews gives float32): the float64 run stays float64."""
         return self.views[view, idx]
