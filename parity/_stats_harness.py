@@ -166,6 +166,23 @@ def capture_return(function: Callable, into: dict) -> Iterator[None]:
         sys.setprofile(None)
 
 
+def fit_test_logits(method, g: dict, views: torch.Tensor, logit_scale: float, seed: int,
+                    with_val: bool = True) -> torch.Tensor:
+    """The method's own ``fit`` through a FitContext on the golden ``g`` (float32, as every exported classifier;
+    training views ``views`` [V, N, D], val when ``with_val``), and the classifier's logits on the test set."""
+    from taskres.features.views import CachedViews
+    from taskres.methods.base import FitContext
+
+    val = {"val_features": g["val"].float(), "val_labels": g["val_labels"]} if with_val else {}
+    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
+                     text_classifier=g["text"].float(), logit_scale=logit_scale,
+                     train=CachedViews(views.float(), g["train_labels"]), shots=fixture.SHOTS, seed=seed,
+                     backbone_identity={}, progress=False, **val)
+    classifier = method.fit(ctx)
+    with torch.no_grad():
+        return classifier(g["test"].float())
+
+
 OVERLAP_SEED, OVERLAP_NOISE = 1919 + 19, 2.0
 
 

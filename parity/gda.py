@@ -10,6 +10,7 @@ means, the precision, W, b, the alpha it picks and the test logits. ``recompute`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import types
 from pathlib import Path
@@ -182,24 +183,14 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
 
 
 def fit_test_logits(g: dict) -> torch.Tensor:
-    """GDA's own ``fit`` through a FitContext (float32, every cached view a sample) on the test set.
+    """GDA's own ``fit`` (every cached view a sample) on the test set.
 
     The temperature is ln 100 (exp: 100 in float32 up to 7.6e-8), the release's constant; with the tiny
     CLIP's own logit_scale it would be 100.038 (DEVIATIONS).
     """
-    import math
-
-    from taskres.features.views import CachedViews
-    from taskres.methods.base import FitContext
     from taskres.methods.gda import GDA, GDAParams
 
-    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
-                     text_classifier=g["text"].float(), logit_scale=math.log(RELEASE_SCALE),
-                     train=CachedViews(g["train_views"].float(), g["train_labels"]), shots=fixture.SHOTS, seed=1,
-                     backbone_identity={}, val_features=g["val"].float(), val_labels=g["val_labels"], progress=False)
-    classifier = GDA(GDAParams()).fit(ctx)
-    with torch.no_grad():
-        return classifier(g["test"].float())
+    return harness.fit_test_logits(GDA(GDAParams()), g, g["train_views"], math.log(RELEASE_SCALE), seed=1)
 
 
 def main() -> None:
