@@ -92,6 +92,21 @@ def release_text(root: Path, clip, utils, dtype: torch.dtype, dataset: str) -> t
         return utils.clip_classifier(fixture.CLASSNAMES, release_template(root, dataset), model)
 
 
+def release_runs(root: Path, clip, utils, dataset: str, inputs: dict,
+                 run: Callable[[Path, torch.dtype, dict], dict]) -> tuple[dict, list[str]]:
+    """For each of the fixture's dtypes, the release's text classifier (``<dtype>/text`` [C, D]) and what
+    ``run(root, dtype, inputs + text [D, C])`` computes with it (``<dtype>/<output>``); and the outputs' names."""
+    tensors, outputs = {}, []
+    for name, dtype in fixture.DTYPES.items():
+        with cpu_only(), default_dtype(dtype):
+            text = release_text(root, clip, utils, dtype, dataset)
+        tensors[f"{name}/text"] = text.t().contiguous()
+        computed = run(root, dtype, {**inputs, "text": text.t()})
+        outputs = list(computed)
+        tensors.update({f"{name}/{k}": v.clone() for k, v in computed.items()})
+    return tensors, outputs
+
+
 @contextlib.contextmanager
 def cpu_only() -> Iterator[None]:
     """``.cuda()`` on tensors and modules is a no-op while inside (CPU_PATCH)."""

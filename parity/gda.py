@@ -108,14 +108,8 @@ def generate(repo: Path) -> None:
     feats = harness.overlapping_features()
     inputs = {k: feats[k] for k in ("train_views", "train_labels", "val", "val_labels", "test", "test_labels")}
     tensors = dict(inputs, zero_shot_scale=torch.tensor(RELEASE_SCALE, dtype=torch.float64))
-    outputs = []
-    for name, dtype in fixture.DTYPES.items():
-        with harness.cpu_only(), harness.default_dtype(dtype):
-            text = harness.release_text(root, clip, utils, dtype, TEMPLATE_DATASET)
-        tensors[f"{name}/text"] = text.t().contiguous()  # [C, D]
-        run = run_release(root, dtype, {**inputs, "text": text.t()})
-        outputs = list(run)
-        tensors.update({f"{name}/{k}": v.clone() for k, v in run.items()})
+    runs, outputs = harness.release_runs(root, clip, utils, TEMPLATE_DATASET, inputs, run_release)
+    tensors.update(runs)
     meta = {
         "official": {**OFFICIAL, "commit": commit},
         "what": OFFICIAL["what"],

@@ -132,14 +132,8 @@ def generate(repo: Path) -> None:
     clip, utils = import_release(root)
     inputs = fixture_inputs()
     tensors = {k: v for k, v in inputs.items()}
-    outputs = {}
-    for name, dtype in fixture.DTYPES.items():
-        with harness.cpu_only(), harness.default_dtype(dtype):
-            text = harness.release_text(root, clip, utils, dtype, TEMPLATE_DATASET)
-        tensors[f"{name}/text"] = text.t().contiguous()  # [C, D]
-        run = run_release(root, dtype, {**inputs, "text": text.t()})
-        outputs = list(run)
-        tensors.update({f"{name}/{k}": v.clone() for k, v in run.items()})
+    runs, outputs = harness.release_runs(root, clip, utils, TEMPLATE_DATASET, inputs, run_release)
+    tensors.update(runs)
     measured = measure_deviations(root, {**inputs, "text": tensors["float32/text"]})
     meta = {
         "official": {**OFFICIAL, "commit": commit},
