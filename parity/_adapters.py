@@ -1,4 +1,5 @@
-"""Small shared pieces of parity.tip_adapter and parity.clip_adapter: a release's code fed cached features.
+"""Small shared pieces of parity.tip_adapter and parity.clip_adapter (stub_modules: parity.coop's too): a
+release's code fed cached features.
 
 Loading the release and keeping it on the CPU is _stats_harness's (load, on_path, cpu_only); here are the
 loaders and batch order that stand in for its images, and stubs for imports its parity path never calls.
@@ -9,6 +10,7 @@ What is patched is said in each golden's ``meta["patches"]``; these helpers are 
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import sys
 import types
@@ -31,14 +33,24 @@ class _Unused(types.ModuleType):
         return unused
 
 
-def stub_modules(names: list[str]) -> None:
-    """Let a release import packages its parity path never calls (gdown, tensorboard, ...), uninstalled."""
+def stub_modules(names: list[str], only_missing: bool = False) -> None:
+    """Let a release import packages its parity path never calls (gdown, tensorboard, ...), uninstalled.
+
+    A module already imported is kept; with ``only_missing`` (CoOp's run), so is one that imports."""
     for name in names:
-        if name in sys.modules:
+        if name in sys.modules or (only_missing and _imports(name)):
             continue
         module = _Unused(name)
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         sys.modules[name] = module
+
+
+def _imports(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def epoch_permutations(n: int, epochs: int, seed: int) -> torch.Tensor:
