@@ -25,6 +25,7 @@ from taskres.backbone import (BackboneConfig, BackboneError, WeightsPlan, build_
                               model_activation, plan_weights)
 from taskres.classifier import ClassifierError, ClassifierMeta, CosineClassifier, check_backbone
 from taskres.cli import backbone_config, build_parser
+from taskres.cli.commands import activation_flags
 from taskres.features import View, entry_key
 from taskres.methods.taskres import reference_defaults
 from taskres.openai_archive import ArchiveError, read_state_dict
@@ -202,7 +203,7 @@ def test_cli_flags_and_taskres_rn50_rules():
         assert backbone_config(args).quick_gelu is want
     # a sweep's backbone carries the option to its cells and to the command that repeats a cell
     spec = BackboneSpec("RN50", "/w/rn50.safetensors", quick_gelu=True)
-    assert spec.config().quick_gelu is True and spec.activation_flags() == ["--quick-gelu"]
+    assert spec.config().quick_gelu is True and activation_flags(spec) == ["--quick-gelu"]
     assert spec.key() != BackboneSpec("RN50", "/w/rn50.safetensors").key()
     assert BackboneSpec("RN50", "openai").key() == {"model": "RN50", "pretrained": "openai", "precision": "fp32"}
     # TaskRes's RN50 settings (lr 2e-3, 100/200 epochs) follow the architecture, not the activation's name

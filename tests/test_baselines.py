@@ -17,14 +17,16 @@ import torch.nn.functional as F
 from taskres.api import FitConfig, build_context, fit
 from taskres.backbone import BackboneConfig
 from taskres.classifier import CosineClassifier
+from taskres.cli.commands import fit_command
 from taskres.datasets import DatasetError, TaskData, load_dataset, make_fewshot_split
+from taskres.errors import OptionError
 from taskres.features import CachedViews, View, entry_key
 from taskres.methods import METHODS, FitContext, get_method
 from taskres.methods.clap import outer_step, zero_shot_confidence
 from taskres.methods.common import linspace_grid
 from taskres.methods.lpp import init_alpha
 from taskres.methods.zeroshot import IMAGENET_TEMPLATES_SELECT, ensemble_templates, normalized_template_mean
-from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_command, fit_config
+from taskres.protocols import BackboneSpec, Cell, SweepConfig, fit_config
 from taskres.transforms import random_resized_crop_box
 
 from conftest import TINY_MODEL, make_coop_dataset
@@ -194,7 +196,7 @@ def test_methods_share_views_only_where_their_crops_agree(coop_tasks, tmp_path, 
 
 
 def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
-    from taskres.distributed import ExtractConfig, planned_views
+    from taskres.extract import ExtractConfig, planned_views
 
     def train_views(method):
         cfg = ExtractConfig("dtd", str(coop_tasks), splits=("train",), shots=2, views=2, method=method)
@@ -208,7 +210,7 @@ def test_extract_encodes_the_views_of_the_method_asked_for(coop_tasks):
 def test_gda_crops_imagenet_as_its_release(tmp_path):
     # mrflogs/ICLR24 datasets/imagenet.py: ImageNet's train_preprocess crops at 0.08-1, where every other
     # dataset goes through main_few_shots.py's train_tranform at 0.5-1; fit and extract both follow it
-    from taskres.distributed import ExtractConfig, planned_views
+    from taskres.extract import ExtractConfig, planned_views
 
     from conftest import COLOURS, draw
 
@@ -252,7 +254,7 @@ def test_no_full_search_split_without_a_validation_split(coop_tasks):
     task = load_dataset("dtd", str(coop_tasks))
     with pytest.raises(DatasetError, match="no validation split"):
         make_fewshot_split(dataclasses.replace(task, val=[]), 2, 1, search_split="full")
-    with pytest.raises(DatasetError, match="--search-split"):
+    with pytest.raises(OptionError, match="^search_split must be one of"):  # the library names the field
         make_fewshot_split(task, 2, 1, search_split="test")
 
 

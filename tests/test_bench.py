@@ -18,7 +18,8 @@ from PIL import Image
 from conftest import COLOURS, TINY_MODEL, make_coop_dataset
 
 from taskres import api, bench, cli
-from taskres.protocols import (Cell, base_new_labels, expand, harmonic_mean, resolve_sweep, subset_classes)
+from taskres.cli.bench import sweep_from_args
+from taskres.protocols import (Cell, base_new_labels, expand, harmonic_mean, preset, resolve_sweep, subset_classes)
 
 TINY = ["--backbone", TINY_MODEL, "--pretrained", "none"]
 # Few epochs but a large step, so that the residual moves and seeds give different accuracies.
@@ -61,7 +62,7 @@ def records(results: Path) -> dict[str, dict]:
 
 def parse_sweep(argv):
     args = cli.build_parser().parse_args(argv)
-    return bench.sweep_from_args(args)[0]
+    return sweep_from_args(args)[0]
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_cells(tmp_path, sweep_data, monkeypatch, capsys):
@@ -189,7 +190,7 @@ def test_sweep_layers_preset_file_and_flags(tmp_path, capsys):
                    "backbones: [RN50, {name: ViT-B-16, label: vitb16}]\nmethod_params: {taskres: {epochs: 5}}\n")
     args = cli.build_parser().parse_args(["bench", str(tmp_path / "r"), "--preset", "paper", "--config", str(cfg),
                                           "--seeds", "2", "3", "--set", "taskres.lr=1e-3"])
-    sweep, missing = bench.sweep_from_args(args)
+    sweep, missing = sweep_from_args(args)
     assert sweep.datasets == ["dtd", "eurosat"] and sweep.shots == [1, 16] and sweep.seeds == [2, 3]
     assert [(b.display, b.pretrained) for b in sweep.backbones] == [("RN50", "none"), ("vitb16", "none")]
     assert sweep.method_params["taskres"] == {"epochs": 5, "lr": "1e-3"}
@@ -199,7 +200,7 @@ def test_sweep_layers_preset_file_and_flags(tmp_path, capsys):
     assert cli.main(["bench", str(tmp_path / "p"), "--preset", "paper", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     cells = [line for line in lines if line.startswith("todo")]
-    n_methods = len(resolve_sweep(bench.preset("paper")[0]).methods)
+    n_methods = len(resolve_sweep(preset("paper")[0]).methods)
     assert len(cells) == 11 * 5 * 3 * n_methods
     assert any("RN50__imagenet__taskres__16shot__seed3" in line for line in cells)
 
@@ -349,3 +350,23 @@ def test_cells_are_named_by_what_they_run():
     (cell,) = expand(sweep)
     assert cell.name == "ViT-B-16__dtd__taskres__4shot__seed2"
     assert Cell("domain", cell.backbone, "imagenet", "taskres", 16, 1).name.endswith("__seed1__domain")
+
+
+def test_bench_takes_fits_cache_options_and_they_reach_every_cell(tmp_path, sweep_data, capsys):
+    """--memory-map and --verify-cache are fit's options that apply to a cell: bench has them too (issue 20),
+    and the numbers are those of the in-memory run (memory mapping and verifying change no result)."""
+    common = ["--datasets", "caltech101", "--data-root", str(sweep_data["coop"]), "--shots", "2", "--seeds", "3",
+              "--methods", "taskres", "--quiet", *TINY, *FAST]
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    shown = capsys.readouterr().out
+    assert "--memory-map" in shown and "--verify-cache" in shown
+    assert cli.main(["bench", str(tmp_path / "plain"), *common]) == 0
+    assert cli.main(["bench", str(tmp_path / "mapped"), *common, "--memory-map", "--verify-cache", "none"]) == 0
+    (plain,), (mapped,) = records(tmp_path / "plain").values(), records(tmp_path / "mapped").values()
+    assert mapped["config"]["memory_map"] is True and mapped["config"]["verify_cache"] == "none"
+    assert plain["config"]["memory_map"] is False and plain["config"]["verify_cache"] is None
+    assert mapped["scores"] == plain["scores"] and mapped["key"] == plain["key"]
+    with pytest.raises(SystemExit):  # argparse's own refusal, as for fit
+        cli.main(["bench", str(tmp_path / "x"), *common, "--verify-cache", "some"])
+    assert "--verify-cache: invalid choice" in capsys.readouterr().err

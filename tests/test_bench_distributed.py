@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from killers import KILL_AFTER_CELLS
 from test_bench import FAST, make_mixed_folder
-from test_distributed import _free_port
+from test_distributed import _free_port, entry
 
 from taskres import bench, cli
+from taskres.cli.bench import sweep_from_args
 from taskres.protocols import expand
 
 # Fields that say when, where and by whom a cell ran, not what it gave.
@@ -40,7 +42,7 @@ def torchrun(argv: list[str], cwd: Path, nproc: int = 2, extra_env: dict | None 
     if Path("/sys/class/net/lo").exists():
         env["GLOO_SOCKET_IFNAME"] = "lo"  # stay on loopback
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(_free_port()), "-m", "taskres", *argv]
+           "127.0.0.1", "--master-port", str(_free_port()), *entry(extra_env), *argv]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -61,7 +63,7 @@ def one_process_sweep(data: dict, where: Path, monkeypatch) -> dict[str, dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sweep, _ = bench.sweep_from_args(cli.build_parser().parse_args(sweep_argv(data)))
+        sweep, _ = sweep_from_args(cli.build_parser().parse_args(sweep_argv(data)))
         summary = bench.run_sweep(sweep, Path("res"), progress=False)
     finally:
         torch.set_num_threads(threads)
@@ -81,7 +83,7 @@ def reference(data, tmp_path_factory):
 
 
 def test_assign_cells_splits_by_shared_features_in_balanced_blocks():
-    sweep, _ = bench.sweep_from_args(cli.build_parser().parse_args(
+    sweep, _ = sweep_from_args(cli.build_parser().parse_args(
         ["bench", "r", "--datasets", "a", "b", "c", "--shots", "1", "2", "--seeds", "1", "2", "3",
          "--methods", "zeroshot", "taskres", "coop", "--backbone", "RN50"]))
     cells = expand(sweep)
@@ -146,7 +148,7 @@ def test_jobs_must_be_positive_and_not_under_torchrun(data, tmp_path, monkeypatc
 
 
 def test_a_rank_that_dies_fails_the_job_and_the_sweep_resumes(data, reference, tmp_path, monkeypatch, capsys):
-    run = torchrun(sweep_argv(data), tmp_path, extra_env={bench.KILL_HOOK: "1:1"})
+    run = torchrun(sweep_argv(data), tmp_path, extra_env={KILL_AFTER_CELLS: "1:1"})
     assert run.returncode != 0
     left = records(tmp_path / "res")
     assert 1 <= len(left) < CELLS and all(r["status"] == "ok" for r in left.values())  # only whole records

@@ -176,3 +176,33 @@ def test_memory_map_needs_the_cache(class_folder, tmp_path, capsys):
     assert main(fit_args(class_folder, tmp_path / "run", "--memory-map", "--cache-dir", "")) != 0
     err = capsys.readouterr().err.strip()
     assert "need a cache folder" in err and "\n" not in err
+
+
+def test_only_the_cli_package_speaks_argparse_and_production_code_has_no_test_hooks():
+    """The library speaks Python (issue 20): flags live in taskres/cli/ alone (the mini model's pretraining
+    script keeps its own runner), and no production module reads a test's kill switch."""
+    from pathlib import Path
+
+    import taskres
+
+    root = Path(taskres.__file__).parent
+    sources = {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in root.rglob("*.py")}
+    speaks = {name for name, text in sources.items() if "argparse" in text}
+    assert speaks and all(name.startswith("cli/") or name == "mini/pretrain.py" for name in speaks), speaks
+    assert not [name for name, text in sources.items() if "TASKRES_TEST" in text or "os._exit" in text]
+
+
+@pytest.mark.parametrize("field, value, flag", [("shots", 0, "--shots"), ("num_workers", -1, "--workers"),
+                                                ("views", 0, "--views")])
+def test_the_library_names_the_field_and_the_cli_its_flag(tmp_path, capsys, field, value, flag):
+    """fit(FitConfig(shots=0)) speaks Python (FitConfig.shots); `taskres fit --shots 0` speaks flags."""
+    from taskres.api import FitConfig, fit
+    from taskres.errors import OptionError
+
+    with pytest.raises(OptionError) as err:
+        fit(FitConfig(dataset=str(tmp_path / "none"), progress=False, **{field: value}))
+    assert str(err.value).startswith(f"FitConfig.{field} ") and flag not in str(err.value)
+    assert (err.value.owner, err.value.field) == ("FitConfig", field)
+    args = ["fit", "--dataset", str(tmp_path / "none"), flag, str(value)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"taskres: error: {flag} {err.value.problem}")

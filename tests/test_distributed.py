@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from killers import KILL_AFTER_SHARDS
 from taskres.api import FitConfig, fit
 from taskres.cli import main
 from taskres.datasets import load_dataset, make_fewshot_split
-from taskres.distributed import KILL_HOOK
 from taskres.features import FeatureCache, View
 
 SHARD = 5  # the generated folder's few-shot lists span several shards of 5
@@ -32,12 +32,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def entry(extra_env: dict | None) -> list[str]:
+    """torchrun's program: ``-m taskres``, or the same through tests/killers.py when a kill is asked for."""
+    return [str(Path(__file__).with_name("killers.py"))] if extra_env else ["-m", "taskres"]
+
+
 def torchrun(args: list[str], tmp: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TASKRES_CACHE": str(tmp / "home-cache"), "OMP_NUM_THREADS": "1", **(extra_env or {})}
     if Path("/sys/class/net/lo").exists():
         env["GLOO_SOCKET_IFNAME"] = "lo"  # stay on loopback
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "taskres", *args]
+           "--master-port", str(_free_port()), *entry(extra_env), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -57,7 +62,7 @@ def killed_then_resumed(class_folder, tmp_path_factory, tiny_backbone):
     tmp = tmp_path_factory.mktemp("dist")
     root = tmp / "cache"
     args = [*EXTRACT, "--dataset", str(class_folder), "--cache-dir", str(root)]
-    killed = torchrun(args, tmp, {KILL_HOOK: "1:1"})
+    killed = torchrun(args, tmp, {KILL_AFTER_SHARDS: "1:1"})
     after_kill = shard_stats(root)
     cache = FeatureCache(root, shard_size=SHARD)
     entries = [cache.entry(tiny_backbone, samples, view) for samples, view in planned(class_folder)]

@@ -16,9 +16,9 @@ from conftest import TINY_MODEL
 from PIL import Image
 
 from taskres.cli import main
-from taskres.io import write_json_atomic
-from taskres.report import write_report
-from taskres.run_report import render_run_report
+from taskres.atomic import write_json_atomic
+from taskres.reports.tables import write_report
+from taskres.reports.run import render_run_report
 
 FIT = ["--backbone", TINY_MODEL, "--pretrained", "none", "--shots", "2", "--views", "2", "--quiet"]
 

@@ -14,7 +14,7 @@ from taskres import cli
 from taskres.datasets import DATASETS, PAPER_DATASETS
 from taskres.methods import METHODS
 from taskres.published import COLUMNS, TABLE, PublishedIndex, load_published, select
-from taskres.report import write_report
+from taskres.reports.tables import write_report
 
 
 HEADER = ",".join(COLUMNS)

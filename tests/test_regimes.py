@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from taskres.api import FitConfig, fit
 from taskres.backbone import BackboneConfig
+from taskres.errors import OptionError
 from taskres.features import CachedFeatures, CachedViews, MappedViews
 from taskres.methods import METHODS, FitContext, TrainingError, check_regime, get_method
 from taskres.methods import common
@@ -165,7 +166,7 @@ def test_a_one_pass_method_given_an_online_source_by_hand_refuses():
 def test_online_with_memory_map_is_refused_in_one_line(tmp_path):
     cfg = FitConfig(method="taskres", dataset=str(tmp_path / "no-such-dataset"), regime="online", memory_map=True,
                     progress=False)
-    with pytest.raises(ValueError, match="--memory-map with --regime online") as err:
+    with pytest.raises(OptionError, match="FitConfig.memory_map with regime online") as err:
         fit(cfg)
     assert "\n" not in str(err.value)
 

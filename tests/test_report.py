@@ -14,7 +14,8 @@ from conftest import TINY_MODEL, make_coop_dataset
 from test_bench import FAST, make_mixed_folder
 
 from taskres import bench, cli
-from taskres.report import load_records, plot_fewshot, summarise_records, write_report
+from taskres.cli.bench import sweep_from_args
+from taskres.reports.tables import load_records, plot_fewshot, summarise_records, write_report
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def results(tmp_path_factory):
         "bench", str(root / "res"), "--datasets", "caltech101", str(mixed), "--data-root", str(coop),
         "--shots", "1", "2", "--seeds", "1", "2", "--methods", "zeroshot", "taskres", "--backbone", TINY_MODEL,
         "--pretrained", "none", "--cache-dir", str(root / "cache"), *FAST])
-    sweep, _ = bench.sweep_from_args(args)
+    sweep, _ = sweep_from_args(args)
     summary = bench.run_sweep(sweep, root / "res", progress=False)
     assert summary.ok and len(summary.ran) == 16
     return root / "res"
@@ -114,7 +115,7 @@ def test_report_without_records_fails_in_one_line(tmp_path, capsys):
 
 
 def test_one_seed_has_no_std_and_the_table_shows_no_spread():
-    from taskres.report import _fmt, mean_std
+    from taskres.reports.tables import _fmt, mean_std
 
     assert mean_std([71.5]) == (71.5, None)
     assert mean_std([70.0, 72.0]) == (71.0, 1.0)

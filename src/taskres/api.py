@@ -19,21 +19,23 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder, read_json, write_json_atomic
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, check_width, class_rows, cosine_logits, load_classifier,
                          save_classifier)
+from .errors import OptionError
 from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
-from .io import atomic_folder, read_json, write_json_atomic
 from .methods import FitContext, check_regime, get_method, recipe_of
 from .methods.text_recipe import TASKRES, TextRecipe
 from .metrics import split_evaluation
-from .run_report import write_run_report
+from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, MEMORY_MAP, NUM_WORKERS, REGIME,
+                      SEARCH_SPLIT, SEED, SHOTS, SKIP_BAD_IMAGES, VERIFY_CACHE, VIEWS, Option)
+from .reports.run import write_run_report
 from .typed import typed_value
 
 log = logging.getLogger("taskres")
 REGIMES = ("cached", "online")
-DEFAULT_VIEWS = 10
 DEFAULT_SHOTS, DEFAULT_SEED = 16, 1  # what fit uses when neither the config nor a split file says
 RUN_FILES = ("classifier.safetensors", "metrics.json", "config.json", "splits.json")
 
@@ -44,26 +46,28 @@ class FitConfig:
 
     method: str = "taskres"
     dataset: str = "mini-shapes"  # registered name, demo task (mini-*), or a folder of class folders
-    data_root: str | None = None
+    data_root: str | None = DATA_ROOT.field()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    shots: int | None = None  # K; None: the split file's, else 16. Given with split_file, it must agree
-    seed: int | None = None  # None: the split file's, else 1. Given with split_file, it must agree
-    regime: str = "cached"  # "cached": train on cached augmented views | "online": fresh augmentation
-    views: int = DEFAULT_VIEWS  # augmented views cached per training image (cached regime)
-    augment: bool = True  # False: train on the test transform (one view)
-    memory_map: bool = False  # cached regime: the views stay in the cache, memory-mapped (sets larger than RAM)
-    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
+    shots: int | None = SHOTS.field()  # None: the split file's, else 16
+    seed: int | None = SEED.field()  # None: the split file's, else 1
+    regime: str = REGIME.field()
+    views: int = VIEWS.field()  # cached regime
+    augment: bool = AUGMENT.field()
+    memory_map: bool = MEMORY_MAP.field()
+    search_split: str = SEARCH_SPLIT.field()
     method_params: dict = field(default_factory=dict)  # overrides of the method's parameters
     eval_splits: tuple[str, ...] = ("test",)
-    cache_dir: str | None = None  # None: $TASKRES_CACHE/features (~/.cache/taskres/features); "" disables
-    verify_cache: str | None = None  # "full" | "none" (see FeatureCache); None: $TASKRES_VERIFY_CACHE or "full"
-    out: str | None = None  # run folder, written beside it and renamed into place when complete
-    overwrite: bool = False  # replace an existing run at ``out`` (else refused before any work)
-    split_file: str | None = None  # reuse an exact few-shot split (a run's splits.json)
-    batch_size: int = 128  # encoding batch size
-    num_workers: int | None = None  # image decoding workers (None: automatic)
-    skip_bad_images: bool = False
-    allow_fewer_shots: bool = False
+    cache_dir: str | None = CACHE_DIR.field()  # None: options.cache_home()/features; "" disables
+    verify_cache: str | None = VERIFY_CACHE.field()
+    out: str | None = Option(None, "run folder for the classifier, metrics, config and splits (written beside it, "
+                                   "renamed into place when complete)").field()
+    overwrite: bool = Option(False, "replace the run already in the run folder (else refused before any "
+                                    "work)").field()
+    split_file: str | None = Option(None, "reuse the exact few-shot split of a run (its splits.json)").field()
+    batch_size: int = BATCH_SIZE.field()
+    num_workers: int | None = NUM_WORKERS.field()
+    skip_bad_images: bool = SKIP_BAD_IMAGES.field()
+    allow_fewer_shots: bool = ALLOW_FEWER_SHOTS.field()
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -141,7 +145,7 @@ def training_source(cfg: FitConfig, backbone: Backbone, cache: FeatureCache, spl
             samples = [s for s, ok in zip(samples, found.valid.tolist()) if ok]
         return OnlineAugmented(backbone, samples, seed=cfg.seed, augment=augmented(cfg, aug_scale), scale=aug_scale)
     if cfg.views < 1:
-        raise ValueError(f"--views must be at least 1, not {cfg.views}")
+        raise OptionError("views", f"must be at least 1, not {cfg.views}", owner="FitConfig")
     view_list = ([View("aug", v, cfg.seed, aug_scale) for v in range(cfg.views)] if augmented(cfg, aug_scale)
                  else [View()])
     if cfg.memory_map:  # the same views and the same per-epoch view choice, read from disk batch by batch
@@ -275,9 +279,10 @@ def foreign_entries(path: Path) -> list[str]:
 SEED_LIMIT = 2 ** 63 - 1  # seeds reach numpy and torch as signed 64-bit integers
 
 
-def check_seed(seed, option: str = "--seed") -> None:
+def check_seed(seed, name: str = "seed", owner: str = "FitConfig") -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) > SEED_LIMIT:
-        raise ValueError(f"{option} must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}")
+        raise OptionError(name, f"must be a whole number from -{SEED_LIMIT} to {SEED_LIMIT}, not {seed!r}",
+                          owner=owner)
 
 
 def check_out_beside_dataset(out: Path, dataset: str) -> None:
@@ -287,28 +292,28 @@ def check_out_beside_dataset(out: Path, dataset: str) -> None:
         return  # a registered name: its data lives under --data-root, in folders of its own layout
     folder, out = folder.resolve(), Path(os.path.realpath(out.expanduser()))
     if out == folder or folder in out.parents:
-        raise ValueError(f"--out {out} is inside the dataset folder {folder}, where it would be read as a class "
-                         "(or its images); choose a folder outside it")
+        raise OptionError("out", f"{out} is inside the dataset folder {folder}, where it would be read as a class "
+                          "(or its images); choose a folder outside it", owner="FitConfig")
 
 
 def check_fit_config(cfg: FitConfig) -> None:
-    """Options checked before any work; each fault is one line naming the option."""
-    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
-                               ("--batch-size", cfg.batch_size, 1), ("--workers", cfg.num_workers, 0)):
+    """Options checked before any work; each fault is one line naming the field (the CLI names its flag)."""
+    for name, value, low in (("shots", cfg.shots, 1), ("views", cfg.views, 1), ("batch_size", cfg.batch_size, 1),
+                             ("num_workers", cfg.num_workers, 0)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-            raise ValueError(f"{option} must be a whole number, at least {low}, not {value!r}")
+            raise OptionError(name, f"must be a whole number, at least {low}, not {value!r}", owner="FitConfig")
     if cfg.seed is not None:
         check_seed(cfg.seed)
     for name in ("augment", "memory_map", "overwrite", "skip_bad_images", "allow_fewer_shots", "progress"):
         # FitConfig(augment="false") from Python: refused as a sweep file's 'false' is (taskres.typed)
         typed_value(getattr(cfg, name), "bool", name, text_bools=False)
     if cfg.regime not in REGIMES:
-        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {cfg.regime!r}")
+        raise OptionError("regime", f"must be one of {', '.join(REGIMES)}, not {cfg.regime!r}", owner="FitConfig")
     if cfg.regime == "online" and cfg.memory_map:  # never ignore one of the two and record both
-        raise ValueError("--memory-map with --regime online: the online regime keeps no training views to map "
-                         "(every step encodes its images afresh); drop one of the two")
+        raise OptionError("memory_map", "with regime online: the online regime keeps no training views to map "
+                          "(every step encodes its images afresh); drop one of the two", owner="FitConfig")
     if not cfg.eval_splits:
-        raise ValueError("--eval-split: at least one split to evaluate")
+        raise OptionError("eval_splits", "must name at least one split to evaluate", owner="FitConfig")
 
 
 def resolve_split(cfg: FitConfig, task: TaskData) -> tuple[FitConfig, FewShotSplit]:
@@ -513,7 +518,7 @@ def predict(run_or_classifier: str | Path | Classifier, images: list[str], *, k:
     from .predictions import image_files, predict_files
 
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"--top must be at least 1, not {k!r}")
+        raise OptionError("k", f"must be at least 1, not {k!r}", owner="predict")
     paths = image_files(list(images), file_list)
     clf, backbone = _classifier_and_backbone(run_or_classifier, backbone_cfg, backbone, device=device,
                                              precision=precision)

@@ -38,7 +38,6 @@ share the cells, and never run one cell twice (the loser's error record replacin
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -52,18 +51,15 @@ from typing import Callable
 import torch
 
 from .api import make_cache, versions
+from .atomic import atomic_folder, lock_owner, read_json, release_lock, try_lock, wait_for_lock, write_json_atomic
 from .backbone import load_backbone
 from .datasets import TaskData, load_dataset
-from .distributed import Group, kill_hook, rank_device
-from .io import atomic_folder, lock_owner, read_json, release_lock, try_lock, wait_for_lock, write_json_atomic
-from .protocols import (PAPER_METHODS, PROTOCOL_RUNNERS, PROTOCOLS, Cell, CellEnv, SweepConfig, bench_command,
-                        dataset_label, expand, preset, read_sweep_file, resolve_sweep)
+from .process_group import Group, rank_device
+from .cli.commands import bench_command
+from .protocols import PAPER_METHODS, PROTOCOL_RUNNERS, Cell, CellEnv, SweepConfig, dataset_label, expand
 
 log = logging.getLogger("taskres")
 RECORD_FORMAT = 1
-# Test hook: "RANK:COUNT" makes that rank die abruptly (no cleanup) after writing COUNT records.
-KILL_HOOK = "TASKRES_TEST_KILL_AFTER_CELLS"
-DEFAULT_DIST_TIMEOUT_S = 7 * 24 * 3600.0  # a rank may wait this long at the last barrier for the slowest one
 
 
 def _component(name: str) -> str:
@@ -209,8 +205,6 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = T
             summary.notes += _run_local_jobs(sweep, results_dir, mine, jobs, inner_progress, done)
         else:
             where = {"rank": group.rank, "world": group.world, "host": socket.gethostname()}
-            kill_after = kill_hook(group.rank, KILL_HOOK)
-            count = 0
             envs = _Envs(sweep, inner_progress, group)
             for cell in mine:
                 bar.set_postfix_str(cell.name)
@@ -219,9 +213,6 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, progress: bool = T
                 done(cell, record["status"], (record.get("error") or {}).get("message"))
                 if record["status"] not in ("ok", "error"):
                     continue  # another process's cell
-                count += 1
-                if kill_after is not None and count >= kill_after:
-                    os._exit(17)  # a hard kill: no cleanup, as with SIGKILL
                 if on_cell_done is not None:
                     on_cell_done(cell, record)
             del envs
@@ -242,7 +233,7 @@ class _Envs:
     def __init__(self, sweep: SweepConfig, inner_progress: bool, group: Group | None = None):
         self.sweep, self.inner_progress, self.group = sweep, inner_progress, group or Group()
         self.tasks = _Tasks(sweep.data_root)
-        self.cache = make_cache(sweep.cache_dir)
+        self.cache = make_cache(sweep.cache_dir, verify=sweep.verify_cache)
         self.spec, self.env, self.error = None, None, None
 
     def get(self, spec, bar=None):
@@ -386,7 +377,6 @@ def _job_worker(job: int, jobs: int, threads: int, sweep: SweepConfig, results_d
     torch.set_num_threads(threads)
     where = {"rank": job, "world": jobs, "host": socket.gethostname(), "local_jobs": True}
     envs = _Envs(sweep, inner_progress)
-    kill_after, count = kill_hook(job, KILL_HOOK), 0  # the test hook of the ranks, for a job
     try:
         while True:
             names = todo.get()
@@ -397,9 +387,6 @@ def _job_worker(job: int, jobs: int, threads: int, sweep: SweepConfig, results_d
                 env, load_error = envs.get(cell.backbone)
                 record = _run_owned_cell(cell, env, Path(results_dir), load_error, where)
                 results.put((name, record["status"], (record.get("error") or {}).get("message")))
-                count += 1
-                if kill_after is not None and count >= kill_after:
-                    os._exit(17)  # a hard kill: no last word to the parent
     finally:
         results.put(None)
 
@@ -480,7 +467,7 @@ def _now() -> str:
 
 
 def print_summary(summary: BenchSummary, echo: Callable[[str], None] = print) -> None:
-    from .report import render_markdown, summarise_records
+    from .reports.tables import render_markdown, summarise_records
 
     n = len(summary.cells)
     echo(f"bench: {n} cell(s): {len(summary.skipped)} already finished, {len(summary.ran)} run now, "
@@ -499,107 +486,6 @@ def print_summary(summary: BenchSummary, echo: Callable[[str], None] = print) ->
     echo(f"\nrecords: {summary.results_dir / 'records'}; tables and figures: taskres report {summary.results_dir}")
 
 
-# -- command line -------------------------------------------------------------------------------------------
-def _list_arg(values):
-    """``--shots 1 2 4`` and ``--shots 1,2,4`` both work."""
-    if values is None:
-        return None
-    return [v for item in values for v in str(item).split(",") if v]
-
-
-def sweep_from_args(args) -> tuple[SweepConfig, list[str]]:
-    layers, missing = [], []
-    if args.preset:
-        settings, missing = preset(args.preset, args.protocol or "fewshot")
-        layers.append(settings)
-    if args.config:
-        layers.append(read_sweep_file(args.config))
-    flags = {
-        "protocol": args.protocol, "datasets": _list_arg(args.datasets), "shots": _list_arg(args.shots),
-        "seeds": _list_arg(args.seeds), "methods": _list_arg(args.methods), "targets": _list_arg(args.targets),
-        "data_root": args.data_root, "regime": args.regime, "views": args.views,
-        "augment": False if args.no_augment else None, "cache_dir": args.cache_dir, "batch_size": args.batch_size,
-        "num_workers": args.workers, "skip_bad_images": True if args.skip_bad_images else None,
-        "allow_fewer_shots": True if args.allow_fewer_shots else None, "search_split": args.search_split,
-    }
-    backbone_flags = {"pretrained": args.pretrained, "device": args.device, "precision": args.precision,
-                      "quick_gelu": args.quick_gelu}
-    if args.backbone:
-        flags["backbones"] = [{"name": name, **{k: v for k, v in backbone_flags.items() if v is not None}}
-                              for name in _list_arg(args.backbone)]
-    else:
-        flags["_override_backbone"] = backbone_flags
-    layers.append(flags)
-    return resolve_sweep(*layers, set_items=args.set), missing
-
-
-def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sweep (layered: --preset, then --config, then these flags)")
-    g.add_argument("--preset", choices=["paper"], default=None,
-                   help="paper: the 11 datasets, shots 1/2/4/8/16 (16 for domain and base2new), seeds 1/2/3, the "
-                        "paper's methods available here, RN50 with openai weights")
-    g.add_argument("--config", default=None, metavar="SWEEP.yaml", help="a YAML file with the sweep's settings")
-    g.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                   help="fewshot (default), domain (train on ImageNet, test on its shifted variants), or "
-                        "base2new (CoCoOp's base-to-new classes)")
-    g.add_argument("--datasets", nargs="+", default=None, help="dataset names or class-folder paths")
-    g.add_argument("--shots", nargs="+", default=None, help="shot counts, e.g. 1 2 4 8 16")
-    g.add_argument("--seeds", nargs="+", default=None, help="seeds, e.g. 1 2 3")
-    g.add_argument("--methods", nargs="+", default=None, help="methods, e.g. zeroshot taskres")
-    g.add_argument("--targets", nargs="+", default=None,
-                   help="domain protocol: target datasets (default: imagenetv2 imagenet_sketch imagenet_a "
-                        "imagenet_r)")
-    g.add_argument("--backbone", action="append", default=None,
-                   help="open_clip model name or model config .json (repeat for several)")
-    g.add_argument("--pretrained", default=None, help="weights for the backbones (tag, file or 'none')")
-    g.add_argument("--device", default=None, help="cpu or cuda[:N]")
-    g.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
-    g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
-                   help="the checkpoint file's weights were trained with QuickGELU (--no-quick-gelu: nn.GELU)")
-    g.add_argument("--data-root", default=None, help="the folder holding the CoOp dataset layout")
-    g.add_argument("--regime", default=None, choices=["cached", "online"], help="training regime (default: cached)")
-    g.add_argument("--views", type=int, default=None, help="augmented views cached per training image (default 10)")
-    g.add_argument("--no-augment", action="store_true", help="train on the test transform only")
-    g.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
-                   help="method parameter override: METHOD.KEY=VALUE for one method, KEY=VALUE for every swept "
-                        "method that has KEY (e.g. --set taskres.epochs=50)")
-    g.add_argument("--cache-dir", default=None, help="feature cache folder ('' for none)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
-    g.add_argument("--workers", type=int, default=None, help="image decoding workers")
-    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of failing")
-    g.add_argument("--allow-fewer-shots", action="store_true",
-                   help="use every image of a class with fewer than K (CoOp's behaviour)")
-    g.add_argument("--search-split", default=None, choices=["fewshot", "full"],
-                   help="where methods search hyper-parameters: fewshot = min(K, 4) val images per class "
-                        "(default), full = the dataset's whole validation split; never the test split")
-
-
-def cmd_bench(args) -> int:
-    sweep, missing = sweep_from_args(args)
-    results_dir = Path(args.results_dir)
-    group = Group.from_env()
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, not {args.jobs}")
-    if args.jobs > 1 and group.world > 1:
-        raise ValueError("--jobs is for one process on one machine; under torchrun each rank is already one worker")
-    if missing and group.rank == 0:
-        print(f"bench: paper methods not available in this install, skipped: {', '.join(missing)}")
-    if args.dry_run:
-        if group.rank == 0:  # one list, with the rank each unfinished cell would go to
-            dry_run(sweep, results_dir, group.world, retry_failed=not args.keep_failed)
-        return 0
-    group.start(torch.device("cpu"), args.dist_timeout)  # gloo: the ranks only wait for each other
-    try:
-        summary = run_sweep(sweep, results_dir, progress=not args.quiet,
-                            inner_progress=args.verbose and not args.quiet, retry_failed=not args.keep_failed,
-                            redo_changed=args.redo_changed, group=group, jobs=args.jobs)
-    finally:
-        group.close()
-    if group.rank == 0:
-        print_summary(summary)
-    return 0 if summary.ok else 1
-
-
 def dry_run(sweep: SweepConfig, results_dir: Path, world: int = 1, retry_failed: bool = True,
             echo: Callable[[str], None] = print) -> None:
     cells = expand(sweep)
@@ -612,27 +498,6 @@ def dry_run(sweep: SweepConfig, results_dir: Path, world: int = 1, retry_failed:
     for cell in cells:
         who = f" (rank {owner[cell.name]})" if cell.name in owner else ""
         echo(f"{status[cell.name]:8s} {cell.name}{who}")
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench", help="run a protocol's sweep (datasets x shots x seeds x methods x backbones), resumable",
-        description="Run a protocol's sweep as one resumable command, one result record per cell. Exits with 1 "
-                    "when a cell failed (its error record says why).")
-    p.add_argument("results_dir", metavar="RESULTS_DIR", help="where records/ and runs/ are written")
-    add_sweep_args(p)
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their state, run nothing")
-    p.add_argument("--keep-failed", action="store_true", help="do not retry cells that failed before")
-    p.add_argument("--redo-changed", action="store_true",
-                   help="rerun cells whose record was made with other settings (default: stop)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--verbose", action="store_true", help="also show encoding and training progress inside cells")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="worker processes on this machine, each with its share of the cores (default 1; for GPUs "
-                        "or several machines use torchrun)")
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S,
-                   help="under torchrun: seconds a rank may wait at a barrier for the slowest rank (default: a week)")
-    p.set_defaults(func=cmd_bench)
 
 
 __all__ = ["BenchSummary", "PAPER_METHODS", "assign_cells", "cell_status", "record_path", "run_path", "run_sweep", "print_summary"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def method_rows() -> list[dict]:
     """One row per method: name, source ("built-in" or "package==version"), paper, description, and whether
@@ -30,20 +28,6 @@ def render(rows: list[dict]) -> str:
     lines.append("* a candidate of --method auto (fitted on the cached features and compared on the validation "
                  "split)")
     return "\n".join(lines)
-
-
-def cmd_methods(args) -> int:
-    rows = method_rows()
-    print(json.dumps(rows, indent=1) if args.json else render(rows))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("methods", help="list every method: its source (built-in or package) and paper",
-                              description="List every method --method accepts: the built-in ones and those other "
-                                          "packages add through the 'taskres.methods' entry point group.")
-    p.add_argument("--json", action="store_true", help="print the list as JSON")
-    p.set_defaults(func=cmd_methods)
 
 
 __all__ = ["method_rows", "render"]

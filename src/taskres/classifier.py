@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .io import atomic_path, write_bytes
+from .atomic import atomic_path, write_bytes
 
 FORMAT_VERSION = 1
 CLASSIFIERS: dict[str, type["Classifier"]] = {}  # kind -> class, filled by Classifier.__init_subclass__

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path, write_json_atomic
 from .backbone import Backbone
 from .classifier import Classifier, ClassifierError
-from .io import atomic_path, write_json_atomic
 
 log = logging.getLogger("taskres")
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -186,24 +186,6 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     if out is None:
         out = (run if run.is_dir() else run.parent) / f"model{FORMATS[fmt]}"
     return export_model(backbone, classifier, out, fmt)
-
-
-def cmd_export(args) -> int:
-    result = export_run(args.run, args.format, args.out)
-    print(f"wrote {result.model} ({result.format}: preprocessed images [N, 3, H, W] -> class probabilities) and "
-          f"{result.info} (preprocessing, class names)")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="write a run as one deployable model (ONNX or TorchScript)",
-                              description="Write a run's image encoder and tuned head as one model: preprocessed "
-                                          "images [N, 3, H, W] -> class probabilities, with a JSON of the "
-                                          "preprocessing and class names.")
-    p.add_argument("run", help="a run folder (or its classifier .safetensors file)")
-    p.add_argument("--format", default="onnx", choices=sorted(WRITERS), help="onnx (default) or torchscript")
-    p.add_argument("--out", default=None, help="model file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
-    p.set_defaults(func=cmd_export)
 
 
 __all__ = ["ExportResult", "ProbabilityModel", "export_model", "export_run", "preprocessing"]

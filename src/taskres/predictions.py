@@ -95,7 +95,7 @@ def dump_json(rows: list[dict]) -> str:
 
 def write_csv(rows: list[dict], out: str | Path, k: int) -> Path:
     """One row per image: path, class_1, probability_1, ..., class_k, probability_k, error."""
-    from .io import atomic_path
+    from .atomic import atomic_path
 
     out = Path(out)
     width = k

@@ -11,7 +11,7 @@ seed). Each protocol says what a cell does:
   fit on the base classes' shots (drawn over all classes, then the base half kept, as CoOp); top-1 on base
   test images among the base classes, on new test images among the new classes, and their harmonic mean.
 
-Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.report`.
+Running cells, resuming and records live in :mod:`taskres.bench`; tables and figures in :mod:`taskres.reports.tables`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import dataclasses
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,8 +30,12 @@ from .backbone import MINI_MODEL, PRECISIONS, BackboneConfig
 from .classifier import Classifier, CosineClassifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
+from .errors import OptionError
 from .methods import METHODS, check_regime, get_method, recipe_of
 from .methods.text_recipe import TASKRES
+from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, MEMORY_MAP, NUM_WORKERS, REGIME,
+                      SEARCH_SPLIT, SKIP_BAD_IMAGES, VERIFY_CACHE, VIEWS, check_options)
+from .cli.commands import eval_command, fit_command
 from .typed import typed_value
 
 PROTOCOLS = ("fewshot", "domain", "base2new")
@@ -42,6 +45,7 @@ PAPER_SHOTS = (1, 2, 4, 8, 16)
 PAPER_SEEDS = (1, 2, 3)
 DOMAIN_SOURCE = "imagenet"
 REGIMES = ("cached", "online")
+OWNER = "SweepConfig"  # the name option errors give the sweep's fields
 
 
 # -- the sweep ----------------------------------------------------------------------------------------------
@@ -58,9 +62,6 @@ class BackboneSpec:
 
     def config(self) -> BackboneConfig:
         return BackboneConfig(self.name, self.pretrained, self.device, self.precision, self.quick_gelu)
-
-    def activation_flags(self) -> list[str]:
-        return [] if self.quick_gelu is None else ["--quick-gelu" if self.quick_gelu else "--no-quick-gelu"]
 
     @property
     def display(self) -> str:
@@ -92,18 +93,21 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [1])
     methods: list[str] = field(default_factory=list)
     backbones: list[BackboneSpec] = field(default_factory=list)
-    data_root: str | None = None
+    data_root: str | None = DATA_ROOT.field()
     targets: list[str] = field(default_factory=lambda: list(DOMAIN_SHIFT_TARGETS))  # domain protocol only
-    regime: str = "cached"
-    views: int = 10
-    augment: bool = True
+    regime: str = REGIME.field()
+    views: int = VIEWS.field()
+    augment: bool = AUGMENT.field()
     method_params: dict[str, dict] = field(default_factory=dict)  # method -> {parameter: value}
-    cache_dir: str | None = None
-    batch_size: int = 128
-    num_workers: int | None = None
-    skip_bad_images: bool = False
-    allow_fewer_shots: bool = False
-    search_split: str = "fewshot"  # where methods search: "fewshot" (min(K, 4) per class) | "full" (whole val)
+    cache_dir: str | None = CACHE_DIR.field()
+    batch_size: int = BATCH_SIZE.field()
+    num_workers: int | None = NUM_WORKERS.field()
+    skip_bad_images: bool = SKIP_BAD_IMAGES.field()
+    allow_fewer_shots: bool = ALLOW_FEWER_SHOTS.field()
+    search_split: str = SEARCH_SPLIT.field()
+    # how the cells read the cache; neither changes a result, so neither is part of a cell's key
+    verify_cache: str | None = VERIFY_CACHE.field()
+    memory_map: bool = MEMORY_MAP.field()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -291,45 +295,52 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
 
 
 def check_sweep(sweep: SweepConfig) -> None:
-    """Every option checked before any work starts; messages name the option at fault."""
+    """Every option checked before any work starts; messages name the field at fault (the CLI: its flag)."""
     for f in dataclasses.fields(SweepConfig):  # a SweepConfig built in Python gets the sweep file's type checks
         if not any(k in str(f.type) for k in ("list", "dict")):
-            typed_value(getattr(sweep, f.name), f.type, f"--{f.name.replace('_', '-')}", text_bools=False)
+            typed_value(getattr(sweep, f.name), f.type, f"{OWNER}.{f.name}", text_bools=False)
     if sweep.protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}")
+        raise OptionError("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}", owner=OWNER)
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):
         if not getattr(sweep, key):
             raise ValueError(f"the sweep has no {key}: give --{key if key != 'backbones' else 'backbone'} "
                              "(or --preset paper, or --config FILE)")
     unknown = [m for m in sweep.methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"--methods: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        raise OptionError("methods", f"names unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})",
+                          owner=OWNER)
     if any(k < 1 for k in sweep.shots):
-        raise ValueError(f"--shots must all be at least 1, not {sweep.shots}")
+        raise OptionError("shots", f"must all be at least 1, not {sweep.shots}", owner=OWNER)
     from .api import check_seed
 
     for seed in sweep.seeds:
-        check_seed(seed, "--seeds")
+        check_seed(seed, "seeds", OWNER)
     if sweep.regime not in REGIMES:
-        raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, not {sweep.regime!r}")
+        raise OptionError("regime", f"must be one of {', '.join(REGIMES)}, not {sweep.regime!r}", owner=OWNER)
     if sweep.views < 1:
-        raise ValueError(f"--views must be at least 1, not {sweep.views}")
+        raise OptionError("views", f"must be at least 1, not {sweep.views}", owner=OWNER)
     if sweep.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, not {sweep.batch_size}")
+        raise OptionError("batch_size", f"must be at least 1, not {sweep.batch_size}", owner=OWNER)
     if sweep.num_workers is not None and sweep.num_workers < 0:
-        raise ValueError(f"--workers must be 0 or more, not {sweep.num_workers}")
+        raise OptionError("num_workers", f"must be 0 or more, not {sweep.num_workers}", owner=OWNER)
     for b in sweep.backbones:  # what would fail in every cell fails now, before --dry-run says all is well
         if b.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {b.precision!r} (backbone "
-                             f"{b.name})")
+            raise OptionError("precision", f"must be one of {', '.join(PRECISIONS)}, not {b.precision!r} (backbone "
+                              f"{b.name})", owner="BackboneSpec")
         try:
             torch.device(b.device)
         except (RuntimeError, TypeError):
-            raise ValueError(f"--device must be cpu or cuda[:N], not {b.device!r} (backbone {b.name})") from None
+            raise OptionError("device", f"must be cpu or cuda[:N], not {b.device!r} (backbone {b.name})",
+                              owner="BackboneSpec") from None
+    check_options(sweep, ("verify_cache",))
+    if sweep.regime == "online" and sweep.memory_map:  # as fit refuses it, but before any cell runs
+        raise OptionError("memory_map", "with regime online: the online regime keeps no training views to map",
+                          owner=OWNER)
     if sweep.search_split not in SEARCH_SPLITS:
-        raise ValueError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}")
+        raise OptionError("search_split", f"must be one of {', '.join(SEARCH_SPLITS)}, not {sweep.search_split!r}",
+                          owner=OWNER)
     if sweep.protocol == "domain" and not sweep.targets:
-        raise ValueError("--targets: the domain protocol needs at least one target dataset")
+        raise OptionError("targets", "must name at least one target dataset for the domain protocol", owner=OWNER)
     for m in sweep.methods:  # bad parameter names or values fail now, not after hours of other cells
         check_regime(get_method(m, sweep.method_params.get(m)), sweep.regime)
     extra = sorted(set(sweep.method_params) - set(sweep.methods))
@@ -474,61 +485,6 @@ def classifier_for_new_classes(method, classifier: Classifier, ctx) -> Classifie
     return rule(method, classifier, ctx) if rule is not None else None
 
 
-# -- rerun commands -----------------------------------------------------------------------------------------
-def fit_command(cell: Cell, sweep: SweepConfig, split_file: Path, out: Path) -> str:
-    """The ``taskres fit`` command that repeats a cell's training alone, on its exact few-shot split."""
-    b = cell.backbone
-    cmd = ["taskres", "fit", "--method", cell.method, "--dataset", cell.dataset]
-    if sweep.data_root:
-        cmd += ["--data-root", sweep.data_root]
-    cmd += ["--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-            *b.activation_flags(), "--shots", str(cell.shots), "--seed", str(cell.seed), "--regime", sweep.regime,
-            "--views", str(sweep.views)]
-    for k, v in sweep.method_params.get(cell.method, {}).items():
-        cmd += ["--set", f"{k}={v}"]
-    cmd += _data_flags(sweep)
-    if sweep.cache_dir is not None:
-        cmd += ["--cache-dir", sweep.cache_dir]
-    cmd += ["--split-file", str(split_file), "--out", str(out)]
-    return shlex.join(cmd)
-
-
-def _data_flags(sweep: SweepConfig) -> list[str]:
-    """The switches a rerun command needs to see the same training images as the sweep did."""
-    flags = [] if sweep.augment else ["--no-augment"]
-    if sweep.search_split != "fewshot":
-        flags += ["--search-split", sweep.search_split]
-    if sweep.allow_fewer_shots:
-        flags.append("--allow-fewer-shots")
-    if sweep.skip_bad_images:
-        flags.append("--skip-bad-images")
-    return flags
-
-
-def eval_command(run_dir: Path, dataset: str, sweep: SweepConfig) -> str:
-    cmd = ["taskres", "eval", str(run_dir), "--dataset", dataset]
-    if sweep.data_root:
-        cmd += ["--data-root", sweep.data_root]
-    return shlex.join(cmd)
-
-
-def bench_command(cell: Cell, sweep: SweepConfig, results_dir: Path) -> str:
-    """A one-cell ``taskres bench`` that repeats the cell in a folder of its own."""
-    b = cell.backbone
-    cmd = ["taskres", "bench", str(results_dir), "--protocol", cell.protocol, "--datasets", cell.dataset,
-           "--methods", cell.method, "--shots", str(cell.shots), "--seeds", str(cell.seed),
-           "--backbone", b.name, "--pretrained", b.pretrained, "--device", b.device, "--precision", b.precision,
-           *b.activation_flags(), "--regime", sweep.regime, "--views", str(sweep.views)]
-    if sweep.data_root:
-        cmd += ["--data-root", sweep.data_root]
-    if cell.protocol == "domain":
-        cmd += ["--targets", *sweep.targets]
-    for k, v in sweep.method_params.get(cell.method, {}).items():
-        cmd += ["--set", f"{cell.method}.{k}={v}"]
-    cmd += _data_flags(sweep)
-    return shlex.join(cmd)
-
-
 # -- running one cell ---------------------------------------------------------------------------------------
 @dataclass
 class CellEnv:
@@ -559,7 +515,8 @@ def fit_config(cell: Cell, sweep: SweepConfig, run_dir: Path, progress: bool):
         method_params=dict(sweep.method_params.get(cell.method, {})), eval_splits=("test",),
         cache_dir=sweep.cache_dir, out=str(run_dir), batch_size=sweep.batch_size, num_workers=sweep.num_workers,
         skip_bad_images=sweep.skip_bad_images, allow_fewer_shots=sweep.allow_fewer_shots,
-        search_split=sweep.search_split, progress=progress)
+        search_split=sweep.search_split, verify_cache=sweep.verify_cache, memory_map=sweep.memory_map,
+        progress=progress)
 
 
 def _nan_to_none(x: float) -> float | None:

@@ -11,11 +11,13 @@ import sys
 import threading
 import time
 
+import killers
 from kit import TINY, colours  # noqa: F401 (fixtures)
 
 from taskres import bench
+from taskres.atomic import lock_owner, release_lock, try_lock
 from taskres.cli import build_parser, main
-from taskres.io import lock_owner, release_lock, try_lock
+from taskres.cli.bench import sweep_from_args
 
 
 def bench_args(results, colours, *extra, seeds=("1", "2", "3"), methods=("zeroshot",)):
@@ -29,7 +31,7 @@ def records(results) -> dict[str, dict]:
 
 def test_a_cell_another_process_owns_is_left_to_it_and_its_record_kept(colours, tmp_path, capsys):
     results = tmp_path / "results"
-    sweep, _ = bench.sweep_from_args(build_parser().parse_args(bench_args(results, colours)))
+    sweep, _ = sweep_from_args(build_parser().parse_args(bench_args(results, colours)))
     cells = bench.expand(sweep)
     theirs = cells[1]
     fd = try_lock(bench.lock_path(results, theirs))  # "another process" (flock: another descriptor conflicts)
@@ -69,12 +71,13 @@ def test_two_identical_sweeps_at_once_both_end_ok(colours, tmp_path):
 
 def test_a_dead_local_worker_is_named_in_the_summary(colours, tmp_path, capsys, monkeypatch):
     results = tmp_path / "results"
-    monkeypatch.setenv(bench.KILL_HOOK, "0:1")  # job 0 dies after the first cell of its first split
+    monkeypatch.setenv(killers.KILL_AFTER_CELLS, "0:1")  # job 0 dies after the first cell of its first split
+    monkeypatch.setattr(bench, "_job_worker", killers.job_worker)  # spawned: armed in the child
     two = {"seeds": ("1", "2"), "methods": ("zeroshot", "zeroshot_ens")}
     assert main(bench_args(results, colours, "--jobs", "2", **two)) == 1
     out = capsys.readouterr().out
     assert "note: worker taskres-job-0 (pid" in out and "died with exit status 17" in out, out
     assert "no readable record" in out
-    monkeypatch.delenv(bench.KILL_HOOK)
+    monkeypatch.delenv(killers.KILL_AFTER_CELLS)
     assert main(bench_args(results, colours, **two)) == 0  # the same command finishes them
     assert all(r["status"] == "ok" for r in records(results).values()) and len(records(results)) == 4

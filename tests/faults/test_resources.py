@@ -12,13 +12,13 @@ from taskres.cli import main
 
 
 def test_file_system_errors_are_one_line_naming_the_path(colours, tmp_path, capsys, monkeypatch):
-    import taskres.io
+    import taskres.atomic
 
     def denied(*args, dir=None, **kw):
         raise PermissionError(13, "Permission denied", dir)
 
     with monkeypatch.context() as m:  # what a read-only or foreign parent folder gives, even when run as root
-        m.setattr(taskres.io.tempfile, "mkdtemp", denied)
+        m.setattr(taskres.atomic.tempfile, "mkdtemp", denied)
         err = one_line_error(fit_args(colours, tmp_path / "ro" / "run"), capsys)
     assert err == f"taskres: error: Permission denied: {tmp_path / 'ro'}"
     a_file = tmp_path / "not-a-folder"
@@ -61,7 +61,7 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")  # what a write to a full disk raises: no path
 
 
-@pytest.mark.parametrize("writer", ["taskres.classifier.write_bytes", "taskres.io.write_bytes"])
+@pytest.mark.parametrize("writer", ["taskres.classifier.write_bytes", "taskres.atomic.write_bytes"])
 def test_a_full_disk_is_one_line_naming_the_path_and_the_old_run_stays(colours, tmp_path, capsys, monkeypatch,
                                                                         writer):
     from kit import leftovers, snapshot

@@ -14,7 +14,7 @@ from conftest import make_class_folder
 from kit import TINY, colours, fit_args, leftovers, one_line_error, snapshot  # noqa: F401 (fixtures)
 
 from taskres.cli import main
-from taskres.io import OLD_TAG, _owner, recover_folder
+from taskres.atomic import OLD_TAG, _owner, recover_folder
 
 
 # -- run folders --------------------------------------------------------------------------------------------
@@ -159,11 +159,11 @@ def test_a_failed_bench_cell_keeps_its_previous_run_folder(colours, tmp_path, ca
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_the_swap_with_and_without_an_atomic_exchange(tmp_path, monkeypatch, exchange):
-    import taskres.io
-    from taskres.io import RunExistsError, atomic_folder
+    import taskres.atomic
+    from taskres.atomic import RunExistsError, atomic_folder
 
     if not exchange:  # file systems without renameat2: aside, in, remove
-        monkeypatch.setattr(taskres.io, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(taskres.atomic, "_exchange", lambda a, b: False)
     run = tmp_path / "run"
     with atomic_folder(run) as stage:
         (stage / "metrics.json").write_text("old")

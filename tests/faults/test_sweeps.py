@@ -91,5 +91,5 @@ def test_configs_built_in_python_get_the_same_type_checks(colours):
 
     with pytest.raises(ValueError, match="augment: expected true or false, not the text 'false'"):
         fit(FitConfig(dataset=str(colours), augment="false"))
-    with pytest.raises(ValueError, match="--views: expected a whole number, not 2.5"):
+    with pytest.raises(ValueError, match="^SweepConfig.views: expected a whole number, not 2.5"):  # the field
         check_sweep(SweepConfig(datasets=[str(colours)], methods=["zeroshot"], views=2.5))

@@ -6,10 +6,10 @@ a generated demo task (``mini-*``), or the path of a folder with one sub-folder 
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
+from ..options import cache_home
 from .base import DatasetError, Sample, TaskData, read_split_json
 from .coop import (
     IMAGENET_TEMPLATES,
@@ -41,7 +41,7 @@ DOMAIN_SHIFT_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet
 
 
 def default_demo_root() -> Path:
-    return Path(os.environ.get("TASKRES_CACHE", Path.home() / ".cache" / "taskres")) / "demo-data"
+    return cache_home() / "demo-data"
 
 
 def demo_task_names() -> tuple[str, ...]:

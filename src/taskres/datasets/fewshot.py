@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import write_json_atomic
+from ..atomic import write_json_atomic
+from ..errors import OptionError
 from .base import DatasetError, Sample, TaskData
 
 VAL_SHOTS_CAP = 4  # CoOp draws min(K, 4) validation images per class
@@ -89,12 +90,12 @@ def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bo
         return subset_split(make_fewshot_split(full, shots, seed, allow_fewer=allow_fewer,
                                                search_split=search_split), labels)
     if search_split not in SEARCH_SPLITS:
-        raise DatasetError(f"--search-split must be one of {', '.join(SEARCH_SPLITS)}, not {search_split!r}")
+        raise OptionError("search_split", f"must be one of {', '.join(SEARCH_SPLITS)}, not {search_split!r}")
     if search_split == "full" and not task.val:
         raise DatasetError(f"dataset {task.name!r} has no validation split of its own, so --search-split full "
                            "has nothing to search on (the test split is never used); use --search-split fewshot")
     if shots < 1:
-        raise DatasetError(f"--shots must be at least 1, not {shots}")
+        raise OptionError("shots", f"must be at least 1, not {shots}")
     if not task.train:
         raise DatasetError(f"dataset {task.name!r} has no train split to draw shots from")
     rng = random.Random(seed)

@@ -2,7 +2,7 @@
 
 Entries are written shard by shard, each shard atomically after its check record (rows, type, content
 hash, bad images; see ``shards``), and an entry's ``index.json`` is written last: a killed run leaves
-finished shards, and the next run (on one process or many, see ``taskres.distributed``) encodes only what
+finished shards, and the next run (on one process or many, see ``taskres.extract``) encodes only what
 is missing. Shards are ``.npy`` files read back memory-mapped (:class:`CachedFeatures`);
 ``FeatureCache.features`` still returns the eager float32 tensor most callers want.
 
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..atomic import atomic_path, write_json_atomic
+from ..errors import OptionError
 from ..datasets.base import Sample
-from ..io import atomic_path, write_json_atomic
 from ..transforms import ImageError, load_image
 from .extract import _ShardBatches, loader_workers, prepare_encoder
 from .keys import View, entry_key
@@ -69,14 +70,17 @@ class FeatureCache:
     def __init__(self, root: str | Path | None = None, shard_size: int = DEFAULT_SHARD_SIZE, store: str = "fp32",
                  verify: str | None = None):
         if int(shard_size) < 1:
-            raise ValueError(f"--shard-size must be at least 1, not {shard_size}")
+            raise OptionError("shard_size", f"must be at least 1, not {shard_size}", owner="FeatureCache")
         if store not in STORE_DTYPES:
-            raise ValueError(f"--store must be one of {', '.join(STORE_DTYPES)}, not {store!r}")
-        source = "--verify-cache"
-        if verify is None:
-            verify, source = os.environ.get(VERIFY_ENV) or "full", VERIFY_ENV
+            raise OptionError("store", f"must be one of {', '.join(STORE_DTYPES)}, not {store!r}", owner="FeatureCache")
+        from_env = verify is None
+        if from_env:
+            verify = os.environ.get(VERIFY_ENV) or "full"
         if verify not in VERIFY_MODES:
-            raise ValueError(f"{source} must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
+            problem = f"must be one of {', '.join(VERIFY_MODES)}, not {verify!r}"
+            if from_env:  # not an option anyone passed: the environment variable is at fault
+                raise ValueError(f"{VERIFY_ENV} {problem}")
+            raise OptionError("verify_cache", problem, owner="FeatureCache")
         self.root = Path(root) if root is not None else None
         self.shard_size = int(shard_size)
         self.store = store
@@ -217,7 +221,7 @@ class FeatureCache:
         from tqdm.auto import tqdm
 
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, not {batch_size}")
+            raise OptionError("batch_size", f"must be at least 1, not {batch_size}", owner="FeatureCache")
         if not work:
             return
         entries: list[CacheEntry] = []
@@ -345,7 +349,8 @@ class FeatureCache:
                desc: str = "encoding") -> CachedFeatures:
         """Like :meth:`encoded`, but the rows stay on disk, memory-mapped (needs a cache folder)."""
         if self.root is None:
-            raise ValueError("memory-mapped features need a cache folder (--cache-dir must not be '')")
+            raise OptionError("cache_dir", "must not be '': memory-mapped features need a cache folder",
+                              owner="FeatureCache")
         if not samples:
             raise ValueError("no images to encode")
         paths = [s.path for s in samples]

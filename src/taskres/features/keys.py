@@ -15,11 +15,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..options import cache_home
+
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TASKRES_CACHE", Path.home() / ".cache" / "taskres")) / "features"
+    return cache_home() / "features"
 
 
 @dataclass(frozen=True)

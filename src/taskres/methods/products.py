@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ..io import write_json_atomic
+from ..atomic import write_json_atomic
 
 log = logging.getLogger("taskres")
 

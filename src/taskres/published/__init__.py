@@ -163,31 +163,5 @@ def render(rows: list[Published]) -> str:
     return "\n".join(lines)
 
 
-def cmd_published(args) -> int:
-    rows = select(load_published(args.table), method=args.method, dataset=args.dataset, backbone=args.backbone,
-                  shots=args.shots, metric=args.metric)
-    if not rows:
-        print("published: no figure matches these filters (see taskres/published/SOURCES.md for what is "
-              "shipped and what is missing)")
-        return 1
-    print(render(rows))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("published", help="list the published figures shipped with taskres",
-                              description="List published top-1 figures with their sources. A zero-shot figure "
-                                          "(shots -) matches every --shots; where sources disagree, each figure "
-                                          "is listed with its own source.")
-    p.add_argument("--method", default=None, help="e.g. taskres, coop, tip_adapter_f")
-    p.add_argument("--dataset", default=None, help=f"a registered dataset name, or {AVERAGE}")
-    p.add_argument("--backbone", default=None, help="e.g. RN50 or ViT-B-16 (ViT-B/16 works too)")
-    p.add_argument("--shots", type=int, default=None)
-    p.add_argument("--metric", default=None, choices=METRICS, help="top1 (few-shot, domain generalisation) or "
-                                                                   "top1_base / top1_new (base-to-new)")
-    p.add_argument("--table", default=None, help="another table in the same CSV format (default: the shipped one)")
-    p.set_defaults(func=cmd_published)
-
-
 __all__ = ["AVERAGE", "COLUMNS", "METRICS", "OFF_BY", "TABLE", "Published", "PublishedIndex", "backbone_key",
            "load_published", "render", "select"]

@@ -5,7 +5,7 @@ the method beside zero-shot CLIP on the same images; every class's accuracy, met
 sorted by gain (which classes the few shots helped or hurt); the confusion matrix as a picture and the most
 frequent confusions; for a classifier with a residual (kind "cosine": TaskRes, TaskRes*) the residual's norm
 per class; and thumbnails of the wrong predictions made with the highest confidence, with their top-3.
-Nothing is loaded from the network (taskres.htmlpage).
+Nothing is loaded from the network (taskres.reports.htmlpage).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from .htmlpage import data_uri, figure_uri, img, page, table
-from .io import atomic_path
-from .metrics import ECE_BINS, TOP_K, class_gains, dense_confusion
+from ..atomic import atomic_path
+from ..metrics import ECE_BINS, TOP_K, class_gains, dense_confusion
 
 log = logging.getLogger("taskres")
 CONFUSION_MAX_LABELLED = 30  # above this many classes the picture shows the classes with the most errors
@@ -174,7 +174,7 @@ def _residual_section(classifier) -> str:
 
 
 def _thumbnail(path: str) -> str | None:
-    from .transforms import ImageError, load_image
+    from ..transforms import ImageError, load_image
 
     try:
         image = load_image(path)

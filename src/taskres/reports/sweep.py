@@ -1,8 +1,8 @@
 """``RESULTS_DIR/report/report.html``: a sweep's tables and figures as one self-contained page.
 
-The tables are report.py's own Markdown rendering of the Summary (the same rows and columns as report.md,
-so a column added there shows here too), turned into HTML; the figures report.py drew are inlined as data
-URIs (taskres.htmlpage), so the page needs no network and no files beside it.
+The tables are tables.py's own Markdown rendering of the Summary (the same rows and columns as report.md,
+so a column added there shows here too), turned into HTML; the figures tables.py drew are inlined as data
+URIs (taskres.reports.htmlpage), so the page needs no network and no files beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 
 from .htmlpage import data_uri, img, page
-from .io import atomic_path
+from ..atomic import atomic_path
 
 MIME = {".png": "image/png", ".svg": "image/svg+xml"}
 
@@ -79,7 +79,7 @@ def render_sweep_html(title: str, markdown: str, figures: list[Path], num_record
 
 
 def write_sweep_html(path: Path, title: str, markdown: str, figure_files: list[Path], num_records: int) -> Path:
-    """Write the page; the figures are the PNGs report.py wrote (SVGs where no PNG was asked for)."""
+    """Write the page; the figures are the PNGs tables.py wrote (SVGs where no PNG was asked for)."""
     pngs = [p for p in figure_files if p.suffix == ".png"]
     figures = pngs or [p for p in figure_files if p.suffix == ".svg"]
     with atomic_path(path) as tmp:

@@ -12,7 +12,7 @@ method, dataset and shots, a backbone of that name with OpenAI's weights), the r
 the difference beside it, and marks the cells more than 1 point away.
 
 Writes ``report.md``, ``report.csv``, ``report.json``, ``fewshot__<backbone>.png/.svg`` and ``report.html``
-(the tables and figures on one self-contained page, taskres.sweep_report) into ``RESULTS_DIR/report/`` (or
+(the tables and figures on one self-contained page, taskres.reports.sweep) into ``RESULTS_DIR/report/`` (or
 ``--out``).
 """
 
@@ -24,11 +24,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import PAPER_DATASETS
-from .io import atomic_path, read_json, write_json_atomic
-from .protocols import PAPER_METHODS, harmonic_mean, safe_name
-from .published import AVERAGE, OFF_BY, PublishedIndex, load_published
-from .sweep_report import write_sweep_html
+from ..atomic import atomic_path, read_json, write_json_atomic
+from ..datasets import PAPER_DATASETS
+from ..protocols import PAPER_METHODS, harmonic_mean, safe_name
+from ..published import AVERAGE, OFF_BY, PublishedIndex, load_published
+from .sweep import write_sweep_html
 
 FIGURE_FORMATS = ("png", "svg")
 MAX_FAILED_LISTED = 20
@@ -498,28 +498,3 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, for
     files.append(write_sweep_html(out_dir / "report.html", f"Results of {results_dir}", markdown, files,
                                   summary.num_records))
     return ReportResult(summary, files, drawn, markdown)
-
-
-def cmd_report(args) -> int:
-    published = False if args.no_published else (args.published or True)
-    result = write_report(args.results_dir, args.out, formats=tuple(args.format), figures=not args.no_figure,
-                          published=published)
-    if not result.summary.num_records and not result.summary.failed:
-        print(f"report: no records in {Path(args.results_dir) / 'records'}")
-    print(result.markdown.rstrip())
-    print("\nwrote " + ", ".join(str(p) for p in result.files))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="tables (Markdown, CSV, JSON) and figures from a bench's records",
-                              description="Tables and figures from the records a bench wrote, and nothing else.")
-    p.add_argument("results_dir", metavar="RESULTS_DIR", help="the folder a bench wrote (with records/)")
-    p.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
-    p.add_argument("--format", nargs="+", default=list(FIGURE_FORMATS), choices=["png", "svg", "pdf"],
-                   help="figure formats (default: png svg)")
-    p.add_argument("--no-figure", action="store_true", help="tables only")
-    p.add_argument("--published", default=None, metavar="TABLE.csv",
-                   help="published figures to compare with (default: the shipped table; see taskres published)")
-    p.add_argument("--no-published", action="store_true", help="no published column")
-    p.set_defaults(func=cmd_report)

@@ -28,47 +28,49 @@ the other splits in full with the test transform.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 
 import torch
 
 from .backbone import BackboneConfig, load_backbone
-from .cli import add_backbone_args, add_data_args, backbone_config
 from .datasets import load_dataset, make_fewshot_split
+from .errors import OptionError
 from .features import (DEFAULT_SHARD_SIZE, STORE_DTYPES, CacheEntry, FeatureCache, View, loader_workers,
                        default_cache_dir)
+from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, DIST_TIMEOUT_S, NUM_WORKERS,
+                      SEARCH_SPLIT, SEED, SHOTS, SKIP_BAD_IMAGES, VERIFY_CACHE, VIEWS, Option)
+from .process_group import Group, rank_device
 
-DEFAULT_VIEWS = 10  # as ``taskres fit``
-# Test hook: "RANK:COUNT" makes that rank die abruptly (no cleanup) after writing COUNT shards.
-KILL_HOOK = "TASKRES_TEST_KILL_AFTER_SHARDS"
 
 
 @dataclass
 class ExtractConfig:
     dataset: str
-    data_root: str | None = None
+    data_root: str | None = DATA_ROOT.field()
     splits: tuple[str, ...] = ("train", "val", "test")
-    shots: int | None = None  # None: whole splits; K: the few-shot train/val images of ``fit --shots K``
-    seed: int = 1  # few-shot draw and augmentation seed (as ``fit --seed``)
-    views: int = DEFAULT_VIEWS  # augmented views of the train images
-    augment: bool = True  # False: the train images under the test transform (``fit --no-augment``)
-    search_split: str = "fewshot"  # which val images with --shots: as ``fit --search-split``
-    method: str = "taskres"  # whose training views: its crop on the dataset (Method.crop_scale), as ``fit``
-    allow_fewer_shots: bool = False
+    shots: int | None = SHOTS.field("encode the few-shot train/val images that fit uses with these shots and seed "
+                                    "(default: whole splits)")
+    seed: int = SEED.field("few-shot and augmentation seed (as fit's)", default=1)
+    views: int = VIEWS.field()
+    augment: bool = AUGMENT.field()
+    search_split: str = SEARCH_SPLIT.field("with shots: the val images of fit's search split (default: fewshot)")
+    method: str = Option("taskres", "the method whose training views to encode (its crop scale; default: taskres, "
+                                    "0.08-1)").field()
+    allow_fewer_shots: bool = ALLOW_FEWER_SHOTS.field()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    cache_dir: str | None = None  # None: $TASKRES_CACHE/features
-    shard_size: int = DEFAULT_SHARD_SIZE
-    store: str = "fp32"  # fp32 | fp16 (fp16 entries are separate; ``fit`` reads fp32 ones)
-    verify_cache: str | None = None  # how kept shards are checked (FeatureCache's ``verify``)
-    batch_size: int = 128
-    num_workers: int | None = None
-    skip_bad_images: bool = False
+    cache_dir: str | None = CACHE_DIR.field()
+    shard_size: int = Option(DEFAULT_SHARD_SIZE, f"images per cache shard, the unit of work and of resumption "
+                                                 f"(default {DEFAULT_SHARD_SIZE})", low=1).field()
+    store: str = Option("fp32", "storage type; fp16 halves disk and page cache (separate entries: fit reads fp32 "
+                                "ones)", choices=tuple(sorted(STORE_DTYPES))).field()
+    verify_cache: str | None = VERIFY_CACHE.field()
+    batch_size: int = BATCH_SIZE.field()
+    num_workers: int | None = NUM_WORKERS.field()
+    skip_bad_images: bool = SKIP_BAD_IMAGES.field()
     progress: bool = True
-    dist_timeout_s: float = 7200.0  # how long a rank may wait for the others at a barrier
+    dist_timeout_s: float = DIST_TIMEOUT_S.field()
 
 
 @dataclass
@@ -81,58 +83,11 @@ class ExtractResult:
     world: int = 1
 
 
-@dataclass
-class Group:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-
-    @classmethod
-    def from_env(cls) -> "Group":
-        env = os.environ
-        try:
-            return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
-                       int(env.get("LOCAL_WORLD_SIZE", 1)))
-        except ValueError:
-            raise ValueError("RANK/WORLD_SIZE/LOCAL_RANK must be integers (they are set by torchrun)") from None
-
-    def start(self, device: torch.device, timeout_s: float) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s), device_id=device)
-        else:
-            dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def rank_device(device: str, group: Group) -> str:
-    """Plain ``cuda`` means this rank's own GPU (LOCAL_RANK) under torchrun."""
-    return f"cuda:{group.local_rank}" if device == "cuda" and group.world > 1 else device
-
-
 def method_aug_scale(method: str, dataset: str):
     from .methods import METHODS
 
     if method not in METHODS:
-        raise ValueError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
+        raise OptionError("method", f"{method!r} is unknown; choose from {', '.join(METHODS)}", owner="ExtractConfig")
     return METHODS[method].crop_scale(dataset)
 
 
@@ -142,7 +97,7 @@ def planned_views(cfg: ExtractConfig):
     few = make_fewshot_split(task, cfg.shots, cfg.seed, allow_fewer=cfg.allow_fewer_shots,
                              search_split=cfg.search_split) if cfg.shots else None
     if cfg.augment and cfg.views < 1:
-        raise ValueError(f"--views must be at least 1, not {cfg.views}")
+        raise OptionError("views", f"must be at least 1, not {cfg.views}", owner="ExtractConfig")
     for name in cfg.splits:
         if name == "train":
             samples = few.train if few else task.train
@@ -158,24 +113,14 @@ def planned_views(cfg: ExtractConfig):
                 yield label, samples, view
 
 
-def kill_hook(rank: int, variable: str = KILL_HOOK) -> int | None:
-    """Test hook: the COUNT of a "RANK:COUNT" in ``variable`` when RANK is ours (die after COUNT units)."""
-    spec = os.environ.get(variable, "")
-    if not spec:
-        return None
-    who, count = (int(x) for x in spec.split(":"))
-    return int(count) if who == rank else None
-
-
 def extract(cfg: ExtractConfig) -> ExtractResult:
     """Encode the planned entries into the cache; under torchrun each rank takes its share of the shards."""
     if cfg.cache_dir == "":
-        raise ValueError("--cache-dir '' keeps no cache: extract needs a cache folder")
-    for option, value, low in (("--shots", cfg.shots, 1), ("--views", cfg.views, 1),
-                               ("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
-                               ("--workers", cfg.num_workers, 0)):
+        raise OptionError("cache_dir", "'' keeps no cache: extract needs a cache folder", owner="ExtractConfig")
+    for name, value, low in (("shots", cfg.shots, 1), ("views", cfg.views, 1), ("batch_size", cfg.batch_size, 1),
+                             ("shard_size", cfg.shard_size, 1), ("num_workers", cfg.num_workers, 0)):
         if value is not None and value < low:
-            raise ValueError(f"{option} must be at least {low}, not {value}")
+            raise OptionError(name, f"must be at least {low}, not {value}", owner="ExtractConfig")
     group = Group.from_env()
     bcfg = replace(cfg.backbone, device=rank_device(cfg.backbone.device, group))
     if bcfg.device.startswith("cuda") and torch.cuda.is_available():
@@ -213,16 +158,12 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: Group) -> ExtractR
     # the node's cores are shared between its ranks
     workers = loader_workers(rows, cfg.batch_size, cfg.num_workers, backbone.device.type,
                               max(1, (os.cpu_count() or 1) // group.local_world))
-    kill_after = kill_hook(group.rank)
     started = time.time()
     done = 0
     for _ in cache.encode(backbone, mine, batch_size=cfg.batch_size, num_workers=workers,
                           skip_bad=cfg.skip_bad_images, progress=cfg.progress and group.rank == 0,
                           desc=f"encoding (rank {group.rank}/{group.world})" if group.world > 1 else "encoding"):
         done += 1
-        if kill_after is not None and done >= kill_after:
-            sys.stdout.flush()
-            os._exit(17)  # a hard kill: no cleanup, no index, workers orphaned as with SIGKILL
     seconds = time.time() - started
     prefix = f"rank {group.rank}/{group.world}: " if group.world > 1 else ""
     print(f"{prefix}encoded {done} shard(s) ({rows} images) in {seconds:.1f} s", flush=True)
@@ -236,45 +177,3 @@ def _extract(cfg: ExtractConfig, bcfg: BackboneConfig, group: Group) -> ExtractR
         print(f"cache filled: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total_shards} shard(s), "
               f"{total_shards - len(work)} were already cached", flush=True)
     return ExtractResult(entries, done, rows, total_shards - len(work), group.rank, group.world)
-
-
-def cmd_extract(args) -> int:
-    cfg = ExtractConfig(
-        dataset=args.dataset, data_root=args.data_root, splits=tuple(args.split or ("train", "val", "test")),
-        shots=args.shots, seed=args.seed, views=args.views, augment=not args.no_augment, method=args.method,
-        search_split=args.search_split,
-        allow_fewer_shots=args.allow_fewer_shots, backbone=backbone_config(args), cache_dir=args.cache_dir,
-        shard_size=args.shard_size, store=args.store, batch_size=args.batch_size, num_workers=args.workers,
-        skip_bad_images=args.skip_bad_images, progress=not args.quiet, dist_timeout_s=args.dist_timeout,
-        verify_cache=args.verify_cache)
-    extract(cfg)
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "extract", help="encode dataset splits into the feature cache (one process, or many under torchrun)",
-        description="Encode dataset splits into the feature cache. Under torchrun (torchrun --nproc-per-node N "
-                    "-m taskres extract ...) the shards are shared between the ranks; a killed run resumes.")
-    add_data_args(p)
-    add_backbone_args(p)
-    p.add_argument("--split", action="append", default=None,
-                   help="split to encode (repeatable; default: train, val and test)")
-    p.add_argument("--shots", type=int, default=None,
-                   help="encode the few-shot train/val images that 'fit --shots K --seed S' uses (default: whole "
-                        "splits)")
-    p.add_argument("--seed", type=int, default=1, help="few-shot and augmentation seed (as fit's --seed)")
-    p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views of each train image")
-    p.add_argument("--no-augment", action="store_true", help="train images under the test transform only")
-    p.add_argument("--method", default="taskres",
-                   help="the method whose training views to encode (its crop scale; default: taskres, 0.08-1)")
-    p.add_argument("--search-split", default="fewshot", choices=["fewshot", "full"],
-                   help="with --shots: the val images of 'fit --search-split' (default: fewshot)")
-    p.add_argument("--allow-fewer-shots", action="store_true", help="as fit's --allow-fewer-shots")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                   help=f"images per cache shard, the unit of work and of resumption (default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--store", default="fp32", choices=sorted(STORE_DTYPES),
-                   help="storage type; fp16 halves disk and page cache (separate entries: fit reads fp32 ones)")
-    p.add_argument("--dist-timeout", type=float, default=7200.0,
-                   help="seconds a rank may wait for the others at a barrier (torchrun)")
-    p.set_defaults(func=cmd_extract)
