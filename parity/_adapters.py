@@ -1,4 +1,8 @@
-"""Small shared pieces of parity.tip_adapter and parity.clip_adapter: running a release's code on a CPU, on features.
+"""Small shared pieces of parity.tip_adapter and parity.clip_adapter (stub_modules: parity.coop's too): a
+release's code fed cached features.
+
+Loading the release and keeping it on the CPU is _stats_harness's (load, on_path, cpu_only); here are the
+loaders and batch order that stand in for its images, and stubs for imports its parity path never calls.
 
 Both releases were written for a GPU and for images; the parity runs feed them the fixture's cached features.
 What is patched is said in each golden's ``meta["patches"]``; these helpers are those patches, nothing more.
@@ -6,21 +10,14 @@ What is patched is said in each golden's ``meta["patches"]``; these helpers are 
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import importlib.machinery
-import importlib.util
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import torch
 
-
-def official_commit(repo: Path) -> str:
-    """The snapshot's commit (``git rev-parse HEAD``), for the golden's meta."""
-    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+from taskres.features.views import CachedViews
 
 
 class _Unused(types.ModuleType):
@@ -36,43 +33,24 @@ class _Unused(types.ModuleType):
         return unused
 
 
-def stub_modules(names: list[str]) -> None:
-    """Let a release import packages its parity path never calls (gdown, tensorboard, ...), uninstalled."""
+def stub_modules(names: list[str], only_missing: bool = False) -> None:
+    """Let a release import packages its parity path never calls (gdown, tensorboard, ...), uninstalled.
+
+    A module already imported is kept; with ``only_missing`` (CoOp's run), so is one that imports."""
     for name in names:
-        if name in sys.modules:
+        if name in sys.modules or (only_missing and _imports(name)):
             continue
         module = _Unused(name)
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         sys.modules[name] = module
 
 
-def use_release_package(repo: Path, package: str) -> None:
-    """Put the snapshot first on sys.path and forget an already imported ``package`` (e.g. clip-anytorch's
-    ``clip``), so that the release's own copy is the one imported from here on."""
-    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-        del sys.modules[name]
-    sys.path.insert(0, str(repo))
-
-
-def import_file(name: str, path: Path):
-    """Import one file of the release under a private module name (``main.py`` is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@contextlib.contextmanager
-def cuda_is_cpu():
-    """``Tensor.cuda()`` and ``Module.cuda()`` return their receiver: the releases call them unconditionally."""
-    saved = torch.Tensor.cuda, torch.nn.Module.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+def _imports(name: str) -> bool:
     try:
-        yield
-    finally:
-        torch.Tensor.cuda, torch.nn.Module.cuda = saved
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def epoch_permutations(n: int, epochs: int, seed: int) -> torch.Tensor:
@@ -111,28 +89,14 @@ class FeatureLoader:
             yield {"img": feats, "label": labels} if self.as_dict else (feats, labels)
 
 
-class EpochViews:
-    """A taskres training source (``.features(idx, epoch)``, ``.labels``, ``.views``) that shows view
-    ``epoch % V`` in epoch e, as :class:`FeatureLoader` does for the release."""
+class EpochViews(CachedViews):
+    """taskres's in-memory training source (:class:`CachedViews`) with the releases' view order: epoch e shows
+    view ``e % V`` of every image, as :class:`FeatureLoader` does for the release, instead of a seeded draw."""
 
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor):
-        self.views, self.labels = views, labels
-
-    @property
-    def num_samples(self) -> int:
-        return self.views.shape[1]
-
-    @property
-    def dim(self) -> int:
-        return self.views.shape[2]
-
-    @property
-    def num_views(self) -> int:
-        return self.views.shape[0]
-
-    def features(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        return self.views[epoch % self.views.shape[0], idx]
+    def view_choice(self, epoch: int) -> torch.Tensor:
+        # the hook every reader of CachedViews' choice goes through (its features, TaskRes's normalised copy)
+        return torch.full((self.num_samples,), epoch % self.num_views)
 
     def view_rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
-        """Rows ``idx`` of one view, in the views' dtype (what taskres's one-pass methods read)."""
+        """Rows ``idx`` of one view in the views' dtype (CachedViews gives float32): the float64 run stays float64."""
         return self.views[view, idx]

@@ -1,4 +1,5 @@
-"""What the LP++, GDA and CLAP parity scripts share to run an official repository's code on a CPU.
+"""What the parity scripts share to run an official repository's code on a CPU (LP++, GDA, CLAP, the linear
+probe, Tip-Adapter, CLIP-Adapter).
 
 Each official file is executed from the snapshot as it is, except for the listed source patches: every patch
 is an exact (old, new) text replacement that must match once, and its reason is written into the golden's
@@ -18,9 +19,10 @@ import types
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import fixture
-
 import torch
+
+from . import fixture
+from .text_official import literal
 
 # Patches that hold for every script here; each module adds its own.
 CPU_PATCH = "torch.Tensor.cuda and nn.Module.cuda return their object unchanged (the release calls .cuda())"
@@ -76,6 +78,35 @@ def load(name: str, path: Path, patches: list[tuple[str, str, str]] = ()) -> typ
     return module
 
 
+def release_template(root: Path, dataset: str) -> list[str]:
+    """The ``template`` list of the release's ``datasets/<dataset>.py``, read as a literal (``ast.literal_eval``):
+    importing the dataset module would need its files, and nothing of the snapshot is run that need not be."""
+    return literal(root / "datasets" / f"{dataset}.py", "template")
+
+
+def release_text(root: Path, clip, utils, dtype: torch.dtype, dataset: str) -> torch.Tensor:
+    """The release's ``utils.clip_classifier`` with ``dataset``'s templates, on the tiny CLIP built by the
+    repository's own ``build_model``: [D, C] (LP++'s and GDA's releases hold the same function)."""
+    model = clip.model.build_model(fixture.tiny_state_dict(torch.float32)).to(dtype).eval()
+    with torch.no_grad(), fixture.exact_layernorm(clip.model.LayerNorm):
+        return utils.clip_classifier(fixture.CLASSNAMES, release_template(root, dataset), model)
+
+
+def release_runs(root: Path, clip, utils, dataset: str, inputs: dict,
+                 run: Callable[[Path, torch.dtype, dict], dict]) -> tuple[dict, list[str]]:
+    """For each of the fixture's dtypes, the release's text classifier (``<dtype>/text`` [C, D]) and what
+    ``run(root, dtype, inputs + text [D, C])`` computes with it (``<dtype>/<output>``); and the outputs' names."""
+    tensors, outputs = {}, []
+    for name, dtype in fixture.DTYPES.items():
+        with cpu_only(), default_dtype(dtype):
+            text = release_text(root, clip, utils, dtype, dataset)
+        tensors[f"{name}/text"] = text.t().contiguous()
+        computed = run(root, dtype, {**inputs, "text": text.t()})
+        outputs = list(computed)
+        tensors.update({f"{name}/{k}": v.clone() for k, v in computed.items()})
+    return tensors, outputs
+
+
 @contextlib.contextmanager
 def cpu_only() -> Iterator[None]:
     """``.cuda()`` on tensors and modules is a no-op while inside (CPU_PATCH)."""
@@ -89,13 +120,19 @@ def cpu_only() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+def swapped(get: Callable[[], object], put: Callable[[object], object], value: object) -> Iterator[None]:
+    """``put(value)`` while inside; on the way out, ``put`` back what ``get()`` gave (a process-wide setting)."""
+    saved = get()
+    put(value)
     try:
         yield
     finally:
-        torch.set_default_dtype(saved)
+        put(saved)
+
+
+def default_dtype(dtype: torch.dtype):
+    """torch's default dtype is ``dtype`` while inside (FP64_DEFAULT)."""
+    return swapped(torch.get_default_dtype, torch.set_default_dtype, dtype)
 
 
 def line_of(function: Callable, text: str) -> int:
@@ -142,6 +179,23 @@ def capture_return(function: Callable, into: dict) -> Iterator[None]:
         yield
     finally:
         sys.setprofile(None)
+
+
+def fit_test_logits(method, g: dict, views: torch.Tensor, logit_scale: float, seed: int,
+                    with_val: bool = True) -> torch.Tensor:
+    """The method's own ``fit`` through a FitContext on the golden ``g`` (float32, as every exported classifier;
+    training views ``views`` [V, N, D], val when ``with_val``), and the classifier's logits on the test set."""
+    from taskres.features.views import CachedViews
+    from taskres.methods.base import FitContext
+
+    val = {"val_features": g["val"].float(), "val_labels": g["val_labels"]} if with_val else {}
+    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
+                     text_classifier=g["text"].float(), logit_scale=logit_scale,
+                     train=CachedViews(views.float(), g["train_labels"]), shots=fixture.SHOTS, seed=seed,
+                     backbone_identity={}, progress=False, **val)
+    classifier = method.fit(ctx)
+    with torch.no_grad():
+        return classifier(g["test"].float())
 
 
 OVERLAP_SEED, OVERLAP_NOISE = 1919 + 19, 2.0

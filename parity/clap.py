@@ -239,18 +239,11 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
 
 
 def fit_test_logits(g: dict, epochs: int, seed: int) -> torch.Tensor:
-    """CLAP's own ``fit`` through a FitContext (float32, every cached view a sample) on the test set."""
-    from taskres.features.views import CachedViews
-    from taskres.methods.base import FitContext
+    """CLAP's own ``fit`` (every cached view a sample, no val split) on the test set."""
     from taskres.methods.clap import CLAP, CLAPParams
 
-    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
-                     text_classifier=g["text"].float(), logit_scale=float(g["logit_scale"]),
-                     train=CachedViews(g["train_views"].float(), g["train_labels"]), shots=fixture.SHOTS,
-                     seed=seed, backbone_identity={}, progress=False)
-    classifier = CLAP(CLAPParams(epochs=epochs)).fit(ctx)
-    with torch.no_grad():
-        return classifier(g["test"].float())
+    return harness.fit_test_logits(CLAP(CLAPParams(epochs=epochs)), g, g["train_views"], float(g["logit_scale"]), seed,
+                                   with_val=False)
 
 
 def main() -> None:

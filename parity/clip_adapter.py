@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from . import fixture
-from ._adapters import (EpochViews, FeatureLoader, cuda_is_cpu, epoch_permutations, import_file, official_commit,
-                        stub_modules, use_release_package)
+from . import _stats_harness as harness
+from ._adapters import EpochViews, FeatureLoader, epoch_permutations, stub_modules
 
 OFFICIAL = {"repo": "gaopengcuhk/CLIP-Adapter", "files": ["clip_adapter.py"],
             "what": "adapter (reduction 4, ratio 0.2) logits, and its weights, lr and loss after a few epochs of "
@@ -67,11 +67,11 @@ DEVIATIONS = [
 @functools.lru_cache(maxsize=1)  # once: the release registers its trainer in Dassl's registry on import
 def _load_release(repo: Path, dassl: Path, coop: Path):
     stub_modules(["wilds", "gdown", "pandas", "sklearn", "sklearn.metrics", "torch.utils.tensorboard"])
-    use_release_package(coop, "clip")  # `from clip import clip`: CoOp's clip/ (the README: CoOp's code base)
+    harness.on_path(coop, ("clip",))  # `from clip import clip`: CoOp's clip/ (the README: CoOp's code base)
     import sys
 
     sys.path.insert(0, str(dassl))
-    release = import_file("clip_adapter_release", repo / "clip_adapter.py")
+    release = harness.load("clip_adapter_release", repo / "clip_adapter.py")
     adapter_init = release.Adapter.__init__
     release.Adapter.__init__ = lambda self, c_in, reduction=4: adapter_init(self, fixture.EMBED_DIM, reduction)
     release.cross_entropy = release.F.cross_entropy
@@ -103,7 +103,7 @@ def _cpu_and_modern_torch():
 
     torch.Tensor.to, lr_scheduler._LRScheduler.__init__ = cpu_to, init_without_verbose
     try:
-        with cuda_is_cpu():
+        with harness.cpu_only():
             yield
     finally:
         torch.Tensor.to, lr_scheduler._LRScheduler.__init__ = to, init
@@ -181,11 +181,12 @@ def generate(repo: Path, dassl: Path | None = None, coop: Path | None = None) ->
         tensors.update({f"{name}/{k}": v for k, v in out.items()})
         tensors.update({f"{name}/{k}": v for k, v in fixture.features(dtype).items()})
     tensors["batch_order"] = epoch_permutations(tensors["float64/train_views"].shape[1], EPOCHS, SEED)
-    official = {**OFFICIAL, "commit": official_commit(repo),
-                "dassl": {"repo": "KaiyangZhou/Dassl.pytorch", "commit": official_commit(dassl),
+    official = {**OFFICIAL, "commit": harness.commit_of(repo),
+                "dassl": {"repo": "KaiyangZhou/Dassl.pytorch", "commit": harness.commit_of(dassl),
                           "files": ["dassl/engine/trainer.py", "dassl/optim/optimizer.py",
                                     "dassl/optim/lr_scheduler.py"]},
-                "coop": {"repo": "KaiyangZhou/CoOp", "commit": official_commit(coop), "files": [COOP_CONFIG, "clip/"]}}
+                "coop": {"repo": "KaiyangZhou/CoOp", "commit": harness.commit_of(coop),
+                         "files": [COOP_CONFIG, "clip/"]}}
     meta = {"official": official, "what": OFFICIAL["what"], "methods": ["CLIP-Adapter"], "outputs": OUTPUTS,
             "tolerance": TOLERANCE,
             "patches": PATCHES, "epochs": EPOCHS, "batch_size": BATCH, "seed": SEED, "ratio": 0.2, "reduction": 4,

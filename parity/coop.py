@@ -28,7 +28,6 @@ import copy
 from contextlib import contextmanager, nullcontext
 import importlib
 import importlib.machinery
-import subprocess
 import sys
 import types
 from dataclasses import replace
@@ -37,7 +36,9 @@ from types import SimpleNamespace
 
 import torch
 
+from parity import _stats_harness as harness
 from parity import fixture
+from parity._adapters import stub_modules
 from taskres.features.views import CachedViews
 from taskres.methods.base import FitContext
 from taskres.methods.coop import (CoOp, CoOpParams, logit_scale_tensor, prompt_features, prompt_logits,
@@ -118,28 +119,6 @@ DEVIATIONS = [
 
 
 # ---------------------------------------------------------------------------------------- the official run
-class _Stub(types.ModuleType):
-    """A module that imports but fails if anything in it is used."""
-
-    def __getattr__(self, attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-
-        def missing(*args, **kwargs):
-            raise RuntimeError(f"{self.__name__}.{attr} is a stub of parity/coop.py")
-        return missing
-
-
-def _stub_missing(names: list[str]) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            module = _Stub(name)
-            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            sys.modules[name] = module
-
-
 class _LRSchedulerTakingVerbose(torch.optim.lr_scheduler.LRScheduler):
     """torch's scheduler base as it was when Dassl was written: ``verbose`` as a third argument (since removed)."""
 
@@ -154,7 +133,7 @@ def _import_official(repo: Path, dassl: Path):
     tensorboard.SummaryWriter = object
     tensorboard.__spec__ = importlib.machinery.ModuleSpec("torch.utils.tensorboard", None)
     sys.modules["torch.utils.tensorboard"] = tensorboard
-    _stub_missing(["gdown", "wilds", "sklearn", "sklearn.metrics", "pandas"])
+    stub_modules(["gdown", "wilds", "sklearn", "sklearn.metrics", "pandas"], only_missing=True)
     for name in [m for m in sys.modules if m == "clip" or m.startswith("clip.")]:
         del sys.modules[name]
     sys.path[:0] = [str(repo), str(dassl)]
@@ -273,11 +252,6 @@ def _new_class_features(off, cfg, clip_model, learner) -> torch.Tensor:
     return off.coop.TextEncoder(clip_model)(new(), new.tokenized_prompts)
 
 
-def _commit(path: Path) -> str:
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def generate(repo: Path, dassl: Path | None = None) -> None:
     """Run CoOp's code from the snapshots and write the goldens ``coop`` and ``coop_words``."""
     if dassl is None:
@@ -294,8 +268,8 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
                 result = _run(off, repo, variant, dtype, prec)
             tensors.update({f"{run}/{k}": v for k, v in result.items()})
         meta = {
-            "official": {**OFFICIAL, "commit": _commit(repo),
-                         "also": {**DASSL, "commit": _commit(dassl)}},
+            "official": {**OFFICIAL, "commit": harness.commit_of(repo),
+                         "also": {**DASSL, "commit": harness.commit_of(dassl)}},
             "what": OFFICIAL["what"],
             "outputs": OUTPUTS,
             "classnames": list(fixture.CLASSNAMES),

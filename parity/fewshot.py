@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import types
 from pathlib import Path
+
+from parity import _stats_harness as harness
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "parity" / "golden"
 SHOTS = tuple(range(1, 17))
@@ -165,11 +166,6 @@ def _indices(items, index_of: dict[str, int], labels_of: dict[str, int]) -> list
     return out
 
 
-def _commit(path: Path) -> str:
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def generate(dassl: Path, coop: Path) -> list[Path]:
     set_random_seed = _import_official(Path(dassl), Path(coop))
     written = []
@@ -192,8 +188,8 @@ def generate(dassl: Path, coop: Path) -> list[Path]:
                     base2new[draw_key(shots, seed)] = {"train": _indices(train, index["train"], labels),
                                                        "val": _indices(val, index["val"], labels)}
         golden = {"dataset": dataset,
-                  "official": {**OFFICIAL, "commits": {"KaiyangZhou/CoOp": _commit(coop),
-                                                       "KaiyangZhou/Dassl.pytorch": _commit(dassl)}},
+                  "official": {**OFFICIAL, "commits": {"KaiyangZhou/CoOp": harness.commit_of(coop),
+                                                       "KaiyangZhou/Dassl.pytorch": harness.commit_of(dassl)}},
                   "how": "CoOp's dataset class after dassl.utils.set_random_seed(seed), on the layout the recipe "
                          "builds (parity.fewshot.build_layout); indices into the split file's train / val lists",
                   "recipe": recipe, "draws": draws, "base2new": base2new}

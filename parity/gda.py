@@ -10,6 +10,7 @@ means, the precision, W, b, the alpha it picks and the test logits. ``recompute`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import types
 from pathlib import Path
@@ -64,20 +65,6 @@ def import_release(root: Path):
     return __import__("clip"), harness.load("utils", root / "utils.py", [NUMPY_SCALAR])
 
 
-def release_template(root: Path) -> list[str]:
-    for line in (root / "datasets" / f"{TEMPLATE_DATASET}.py").read_text().splitlines():
-        if line.startswith("template = "):
-            return eval(line.split("=", 1)[1], {})  # a list literal of strings
-    raise RuntimeError(f"datasets/{TEMPLATE_DATASET}.py: no template list")
-
-
-def release_text(root: Path, clip, utils, dtype: torch.dtype) -> torch.Tensor:
-    """utils.clip_classifier on the tiny CLIP built by the repository's own build_model: [D, C]."""
-    model = clip.model.build_model(fixture.tiny_state_dict(torch.float32)).to(dtype).eval()
-    with torch.no_grad(), fixture.exact_layernorm(clip.model.LayerNorm):
-        return utils.clip_classifier(fixture.CLASSNAMES, release_template(root), model)
-
-
 class Passes:
     """The cache loader: pass v (of cfg["augment_epoch"]) yields augmented view v of every image, one batch."""
 
@@ -121,14 +108,8 @@ def generate(repo: Path) -> None:
     feats = harness.overlapping_features()
     inputs = {k: feats[k] for k in ("train_views", "train_labels", "val", "val_labels", "test", "test_labels")}
     tensors = dict(inputs, zero_shot_scale=torch.tensor(RELEASE_SCALE, dtype=torch.float64))
-    outputs = []
-    for name, dtype in fixture.DTYPES.items():
-        with harness.cpu_only(), harness.default_dtype(dtype):
-            text = release_text(root, clip, utils, dtype)
-        tensors[f"{name}/text"] = text.t().contiguous()  # [C, D]
-        run = run_release(root, dtype, {**inputs, "text": text.t()})
-        outputs = list(run)
-        tensors.update({f"{name}/{k}": v.clone() for k, v in run.items()})
+    runs, outputs = harness.release_runs(root, clip, utils, TEMPLATE_DATASET, inputs, run_release)
+    tensors.update(runs)
     meta = {
         "official": {**OFFICIAL, "commit": commit},
         "what": OFFICIAL["what"],
@@ -196,24 +177,14 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
 
 
 def fit_test_logits(g: dict) -> torch.Tensor:
-    """GDA's own ``fit`` through a FitContext (float32, every cached view a sample) on the test set.
+    """GDA's own ``fit`` (every cached view a sample) on the test set.
 
     The temperature is ln 100 (exp: 100 in float32 up to 7.6e-8), the release's constant; with the tiny
     CLIP's own logit_scale it would be 100.038 (DEVIATIONS).
     """
-    import math
-
-    from taskres.features.views import CachedViews
-    from taskres.methods.base import FitContext
     from taskres.methods.gda import GDA, GDAParams
 
-    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
-                     text_classifier=g["text"].float(), logit_scale=math.log(RELEASE_SCALE),
-                     train=CachedViews(g["train_views"].float(), g["train_labels"]), shots=fixture.SHOTS, seed=1,
-                     backbone_identity={}, val_features=g["val"].float(), val_labels=g["val_labels"], progress=False)
-    classifier = GDA(GDAParams()).fit(ctx)
-    with torch.no_grad():
-        return classifier(g["test"].float())
+    return harness.fit_test_logits(GDA(GDAParams()), g, g["train_views"], math.log(RELEASE_SCALE), seed=1)
 
 
 def main() -> None:

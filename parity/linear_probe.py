@@ -26,10 +26,8 @@ val accuracies, hence the chosen C, can differ (DEVIATIONS, with the measured ef
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import runpy
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from parity import _stats_harness as harness
 from parity import fixture
 
 OFFICIAL = {"repo": "KaiyangZhou/CoOp", "files": ["lpclip/linear_probe.py"],
@@ -115,16 +114,6 @@ class _Recorder:
         return RecordingLogisticRegression
 
 
-@contextlib.contextmanager
-def _in_folder(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def run_official(repo: Path, dtype: torch.dtype) -> list[dict]:
     """Run lpclip/linear_probe.py on the pools in ``dtype``; the recorded events, in call order."""
     import sklearn.linear_model
@@ -142,7 +131,7 @@ def run_official(repo: Path, dtype: torch.dtype) -> list[dict]:
                     "--feature_dir", "clip_feat"]
         sklearn.linear_model.LogisticRegression = recorder.estimator_class()
         try:
-            with _in_folder(Path(tmp)):
+            with harness.swapped(os.getcwd, os.chdir, Path(tmp)):
                 runpy.run_path(str(repo / "lpclip" / "linear_probe.py"), run_name="__main__")
         finally:
             sklearn.linear_model.LogisticRegression = saved
@@ -202,11 +191,6 @@ def parse(events: list[dict], dtype: torch.dtype) -> tuple[dict[str, torch.Tenso
     return result, draws
 
 
-def _commit(path: Path) -> str:
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def generate(repo: Path) -> None:
     tensors, all_draws = {}, []
     for name, dtype in fixture.DTYPES.items():
@@ -218,7 +202,7 @@ def generate(repo: Path) -> None:
     tensors.update(all_draws[0])
     for split, (x, y) in pools(torch.float64).items():
         tensors[f"{split}_pool"], tensors[f"{split}_pool_labels"] = x, y
-    meta = {"official": {**OFFICIAL, "commit": _commit(repo)}, "what": OFFICIAL["what"], "patches": PATCHES,
+    meta = {"official": {**OFFICIAL, "commit": harness.commit_of(repo)}, "what": OFFICIAL["what"], "patches": PATCHES,
             "outputs": OUTPUTS, "tolerance": TOLERANCE, "tolerance_by_output": TOLERANCE_BY_OUTPUT,
             "shots": list(SHOT_LIST), "grid": GRID, "steps": STEPS, "well_posed": WELL_POSED}
     print(fixture.save_golden("linear_probe", tensors, meta))

@@ -75,21 +75,6 @@ def import_release(root: Path):
     return clip, utils
 
 
-def release_template(root: Path) -> list[str]:
-    """The dataset file's ``template`` list, read without importing the dataset module (it needs files)."""
-    for line in (root / "datasets" / f"{TEMPLATE_DATASET}.py").read_text().splitlines():
-        if line.startswith("template = "):
-            return eval(line.split("=", 1)[1], {})  # a list literal of strings
-    raise RuntimeError(f"datasets/{TEMPLATE_DATASET}.py: no template list")
-
-
-def release_text(root: Path, clip, utils, dtype: torch.dtype) -> torch.Tensor:
-    """utils.clip_classifier on the tiny CLIP built by the repository's own build_model: [D, C]."""
-    model = clip.model.build_model(fixture.tiny_state_dict(torch.float32)).to(dtype).eval()
-    with torch.no_grad(), fixture.exact_layernorm(clip.model.LayerNorm):
-        return utils.clip_classifier(fixture.CLASSNAMES, release_template(root), model)
-
-
 def run_release(root: Path, dtype: torch.dtype, inputs: dict, zero_bias: bool = True) -> dict:
     """One run of LinearProbe_P2.forward; returns what it computed (per-epoch states observed, not edited)."""
     patches = [ZERO_BIAS] if zero_bias else []
@@ -147,14 +132,8 @@ def generate(repo: Path) -> None:
     clip, utils = import_release(root)
     inputs = fixture_inputs()
     tensors = {k: v for k, v in inputs.items()}
-    outputs = {}
-    for name, dtype in fixture.DTYPES.items():
-        with harness.cpu_only(), harness.default_dtype(dtype):
-            text = release_text(root, clip, utils, dtype)
-        tensors[f"{name}/text"] = text.t().contiguous()  # [C, D]
-        run = run_release(root, dtype, {**inputs, "text": text.t()})
-        outputs = list(run)
-        tensors.update({f"{name}/{k}": v.clone() for k, v in run.items()})
+    runs, outputs = harness.release_runs(root, clip, utils, TEMPLATE_DATASET, inputs, run_release)
+    tensors.update(runs)
     measured = measure_deviations(root, {**inputs, "text": tensors["float32/text"]})
     meta = {
         "official": {**OFFICIAL, "commit": commit},
@@ -218,23 +197,9 @@ def recompute(golden: dict[str, torch.Tensor], meta: dict, dtype: torch.dtype) -
         "best_epoch": torch.tensor(best.best_epoch),
         "val_correct": torch.tensor(round(best.val_top1 * len(g["val_labels"]))),
         "weight_best": best.weight, "bias_best": best.bias, "alpha_best": best.alpha, "test_logits": test_logits,
-        "fit_test_logits": fit_test_logits(LPP(params), g),
+        # one view per image, as the release trains
+        "fit_test_logits": harness.fit_test_logits(LPP(params), g, g["train"][None], fixture.LOGIT_SCALE, SEED),
     }
-
-
-def fit_test_logits(method, g: dict) -> torch.Tensor:
-    """The method's own ``fit`` through a FitContext (float32, as every exported classifier), on the test set."""
-    from taskres.features.views import CachedViews
-    from taskres.methods.base import FitContext
-
-    ctx = FitContext(task_name="parity", classnames=list(fixture.CLASSNAMES), templates=["{}"],
-                     text_classifier=g["text"].float(), logit_scale=fixture.LOGIT_SCALE,
-                     train=CachedViews(g["train"].float()[None], g["train_labels"]), shots=fixture.SHOTS,
-                     seed=SEED, backbone_identity={}, val_features=g["val"].float(), val_labels=g["val_labels"],
-                     progress=False)
-    classifier = method.fit(ctx)
-    with torch.no_grad():
-        return classifier(g["test"].float())
 
 
 def main() -> None:

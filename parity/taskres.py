@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import torch
 
+from parity import _stats_harness as harness
 from parity import fixture
 
 OFFICIAL = {
@@ -184,11 +184,6 @@ def run_official(repo: Path, dassl: Path, dtype: torch.dtype) -> dict[str, torch
             "residual_epochs": torch.stack(residuals), "test_logits": logits.detach().clone()}
 
 
-def _commit(path: Path) -> str:
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def generate(repo: Path, dassl: Path | None = None) -> None:
     """Run the release in float64 and float32 and save the golden ``taskres``."""
     if dassl is None:
@@ -199,7 +194,7 @@ def generate(repo: Path, dassl: Path | None = None) -> None:
     feats = fixture.features(torch.float64)
     tensors.update({"train_views": feats["train_views"], "train_labels": feats["train_labels"],
                     "test": feats["test"], "logit_scale": fixture.tiny_state_dict(torch.float64)["logit_scale"]})
-    meta = {"official": {**OFFICIAL, "commit": _commit(repo), "dassl_commit": _commit(dassl)},
+    meta = {"official": {**OFFICIAL, "commit": harness.commit_of(repo), "dassl_commit": harness.commit_of(dassl)},
             "what": OFFICIAL["what"], "patches": PATCHES, "outputs": OUTPUTS, "tolerance": TOLERANCE,
             "tolerance_by_output": TOLERANCE_BY_OUTPUT, "classnames": list(fixture.CLASSNAMES),
             "dataset": TASKRES_DATASET, "alpha": ALPHA, "lr": 2e-3, "epochs": EPOCHS, "seed": SEED}

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from . import fixture
-from ._adapters import (EpochViews, FeatureLoader, cuda_is_cpu, epoch_permutations, import_file, official_commit,
-                        stub_modules, use_release_package)
+from . import _stats_harness as harness
+from ._adapters import EpochViews, FeatureLoader, epoch_permutations, stub_modules
 
 OFFICIAL = {"repo": "gaopengcuhk/Tip-Adapter",
             "files": ["main.py", "utils.py", "configs/ucf101.yaml", "datasets/ucf101.py", "datasets/utils.py"],
@@ -91,8 +91,8 @@ DEVIATIONS = [
 # --------------------------------------------------------------------------------------- the official run
 def _load_release(repo: Path):
     stub_modules(["gdown"])  # datasets/utils.py imports it; nothing here downloads
-    use_release_package(repo, "clip")
-    main = import_file("tip_adapter_release_main", repo / "main.py")
+    harness.on_path(repo, ("clip",))
+    main = harness.load("tip_adapter_release_main", repo / "main.py")
     import yaml
 
     cfg = yaml.load((repo / "configs" / f"{CONFIG}.yaml").read_text(), Loader=yaml.Loader)
@@ -140,7 +140,7 @@ def _run_release(repo: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     main.cls_acc, main.search_hp = record_cls_acc, record_search_hp
     cross_entropy, main.F = main.F.cross_entropy, types.SimpleNamespace(cross_entropy=record_cross_entropy)
     torch.manual_seed(SEED)
-    with cuda_is_cpu(), fixture.exact_layernorm(clip.model.LayerNorm), torch.no_grad():
+    with harness.cpu_only(), fixture.exact_layernorm(clip.model.LayerNorm), torch.no_grad():
         clip_weights = main.clip_classifier(fixture.CLASSNAMES, template, model)
         keys, values = main.build_cache_model(cfg, model, FeatureLoader(views, labels, 256, drop_last=False))
         values = values.to(dtype)
@@ -149,7 +149,7 @@ def _run_release(repo: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         test_f, test_l = main.pre_load_features(cfg, "test", model, FeatureLoader(
             feats["test"][None], feats["test_labels"], 64, drop_last=False))
     keys0 = keys.clone()  # run_tip_adapter_F trains a Parameter that shares cache_keys' storage
-    with cuda_is_cpu():
+    with harness.cpu_only():
         with torch.no_grad():
             main.run_tip_adapter(cfg, keys, values, val_f, val_l, test_f, test_l, clip_weights)
         loader_f = FeatureLoader(views, labels, BATCH, drop_last=False, order=order)
@@ -198,7 +198,7 @@ def generate(repo: Path) -> None:
         tensors.update({f"{name}/{k}": v for k, v in out.items()})
         tensors.update({f"{name}/{k}": v for k, v in fixture.features(dtype).items()})
     tensors["batch_order"] = epoch_permutations(tensors["float64/train_views"].shape[1], EPOCHS, SEED)
-    meta = {"official": {**OFFICIAL, "commit": official_commit(repo)}, "what": OFFICIAL["what"],
+    meta = {"official": {**OFFICIAL, "commit": harness.commit_of(repo)}, "what": OFFICIAL["what"],
             "methods": ["Tip-Adapter", "Tip-Adapter-F"], "outputs": OUTPUTS, "tolerance": TOLERANCE,
             "patches": PATCHES, "config": CONFIG, "epochs": EPOCHS,
             "batch_size": BATCH, "lr": LR, "seed": SEED, "classnames": fixture.CLASSNAMES}

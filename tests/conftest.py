@@ -58,6 +58,24 @@ def make_coop_dataset(data_root: Path, name: str = "caltech101", per_class=(8, 3
     return data_root
 
 
+class CountingBackbone:
+    """Wraps a backbone and counts the images it encodes (what a cache served must not re-encode); with
+    ``fail_after``, a call after that many raises KeyboardInterrupt (a simulated kill)."""
+
+    def __init__(self, backbone, fail_after=None):
+        self._b, self.count, self.calls, self.fail_after = backbone, 0, 0, fail_after
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    def encode_images(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.count += len(images)
+        return self._b.encode_images(images)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     from taskres.backbone import BackboneConfig, load_backbone

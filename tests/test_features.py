@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CountingBackbone
 
 from taskres.api import FitConfig, build_context, training_source
 from taskres.datasets import load_dataset, make_fewshot_split
 from taskres.features import CachedViews, FeatureCache, OnlineAugmented, View, entry_key
 from taskres.methods.taskres import TaskRes, TaskResParams
 from taskres.transforms import ImageError
-
-
-class CountingBackbone:
-    """Wraps a backbone and counts images encoded; can fail after a number of calls (a simulated kill)."""
-
-    def __init__(self, backbone, fail_after=None):
-        self._b, self.count, self.calls, self.fail_after = backbone, 0, 0, fail_after
-
-    def __getattr__(self, name):
-        return getattr(self._b, name)
-
-    def encode_images(self, images):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise KeyboardInterrupt("simulated kill")
-        self.count += len(images)
-        return self._b.encode_images(images)
 
 
 def test_second_request_is_served_from_disk(tiny_backbone, class_folder, tmp_path):

@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import CountingBackbone
 
 from taskres.datasets import Sample, load_dataset
 from taskres.features import CachedFeatures, CachedViews, FeatureCache, MappedViews, View
 from taskres.methods.base import FitContext
 from taskres.methods.taskres import TaskRes, TaskResParams
-
-
-class CountingBackbone:
-    """Counts the images a backbone encodes."""
-
-    def __init__(self, backbone):
-        self._b, self.count = backbone, 0
-
-    def __getattr__(self, name):
-        return getattr(self._b, name)
-
-    def encode_images(self, images):
-        self.count += len(images)
-        return self._b.encode_images(images)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import CountingBackbone
 
 from taskres.api import FitConfig, fit
 from taskres.cli import main
@@ -22,20 +23,6 @@ from taskres.transforms import ImageError, load_image
 
 SHARD = 4  # every entry spans several shards
 SHOTS, SEED, VIEWS = 3, 1, 2
-
-
-class CountingBackbone:
-    """Counts the images a backbone encodes (a rebuilt index must not re-encode anything)."""
-
-    def __init__(self, backbone):
-        self._b, self.count = backbone, 0
-
-    def __getattr__(self, name):
-        return getattr(self._b, name)
-
-    def encode_images(self, images):
-        self.count += len(images)
-        return self._b.encode_images(images)
 
 
 def fit_config(class_folder, root, **kw) -> FitConfig:
@@ -62,6 +49,24 @@ def undamaged(class_folder, tiny_backbone, tmp_path_factory):
                "val": cache.entry(tiny_backbone, split.val, View())}
     assert all(e.num_shards >= 2 for e in entries.values())
     return root, entries, top1, tensors
+
+
+def damageable_copy(undamaged, tmp_path) -> pathlib.Path:
+    """A copy of the undamaged cache folder, for a test to damage (the module's fixture stays intact)."""
+    root = tmp_path / "cache"
+    shutil.copytree(undamaged[0], root)
+    return root
+
+
+def opened_test_entry(root, backbone, entries, verify="full"):
+    """(cache, its entry of the test split) in the cache folder ``root``."""
+    cache = FeatureCache(root, shard_size=SHARD, verify=verify)
+    return cache, cache.entry(backbone, entries["test"].paths)
+
+
+def undamaged_test_rows(undamaged) -> torch.Tensor:
+    root0, entries, *_ = undamaged
+    return FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor()
 
 
 def data_offset(path: pathlib.Path) -> int:
@@ -131,10 +136,9 @@ def cache_warnings(caplog) -> list[str]:
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_shard_is_named_rebuilt_and_the_fit_is_unchanged(damage, undamaged, class_folder, tiny_backbone,
                                                                     tmp_path, caplog):
-    root0, entries, top1, tensors = undamaged
+    _, entries, top1, tensors = undamaged
     which, shard, how = DAMAGE[damage]
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
+    root = damageable_copy(undamaged, tmp_path)
     entry = FeatureCache(root, shard_size=SHARD).entry(tiny_backbone, entries[which].paths, entries[which].view)
     path = entry.shard_path(shard)
     Evil.marker = tmp_path / "unpickled"
@@ -156,8 +160,7 @@ def test_a_damaged_shard_is_named_rebuilt_and_the_fit_is_unchanged(damage, undam
 
 def test_a_damaged_index_is_rebuilt_without_encoding_again(undamaged, class_folder, tiny_backbone, tmp_path, caplog):
     root0, entries, top1, tensors = undamaged
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
+    root = damageable_copy(undamaged, tmp_path)
     index = root / entries["test"].index_path.relative_to(root0)
     index.write_text(index.read_text()[:100])
     counting = CountingBackbone(tiny_backbone)
@@ -171,18 +174,15 @@ def test_a_damaged_index_is_rebuilt_without_encoding_again(undamaged, class_fold
 
 
 def test_an_index_naming_files_outside_the_entry_is_rebuilt(undamaged, tiny_backbone, tmp_path, caplog):
-    root0, entries, *_ = undamaged
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
-    cache = FeatureCache(root, shard_size=SHARD)
-    entry = cache.entry(tiny_backbone, entries["test"].paths)
+    entries = undamaged[1]
+    cache, entry = opened_test_entry(damageable_copy(undamaged, tmp_path), tiny_backbone, entries)
     index = json.loads(entry.index_path.read_text())
     index["shards"][0] = "../../elsewhere.npy"
     entry.index_path.write_text(json.dumps(index))
     with caplog.at_level("WARNING", logger="taskres"):
         feats = cache.features(tiny_backbone, samples_of(entries), progress=False)
     assert len(cache_warnings(caplog)) == 1 and "shard names" in cache_warnings(caplog)[0]
-    assert torch.equal(feats, FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor())
+    assert torch.equal(feats, undamaged_test_rows(undamaged))
 
 
 def samples_of(entries):
@@ -191,13 +191,11 @@ def samples_of(entries):
 
 def test_without_verification_changed_bytes_go_unnoticed_but_truncation_is_caught(undamaged, tiny_backbone,
                                                                                   tmp_path, caplog):
-    root0, entries, *_ = undamaged
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
+    entries = undamaged[1]
+    root = damageable_copy(undamaged, tmp_path)
     samples = samples_of(entries)
-    unchecked = FeatureCache(root, shard_size=SHARD, verify="none")
-    entry = unchecked.entry(tiny_backbone, entries["test"].paths)
-    truth = FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor()
+    unchecked, entry = opened_test_entry(root, tiny_backbone, entries, verify="none")
+    truth = undamaged_test_rows(undamaged)
     change_bytes(entry.shard_path(1))
     with caplog.at_level("WARNING", logger="taskres"):
         served = unchecked.features(tiny_backbone, samples, progress=False)
@@ -297,26 +295,20 @@ def test_non_finite_features_through_the_command_line(class_folder, tmp_path, mo
 
 
 def test_a_writer_killed_between_record_and_shard_leaves_a_missing_shard(undamaged, tiny_backbone, tmp_path, caplog):
-    root0, entries, *_ = undamaged
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
-    cache = FeatureCache(root, shard_size=SHARD)
-    entry = cache.entry(tiny_backbone, entries["test"].paths)
+    entries = undamaged[1]
+    cache, entry = opened_test_entry(damageable_copy(undamaged, tmp_path), tiny_backbone, entries)
     entry.index_path.unlink()
     entry.shard_path(2).unlink()  # its record was written, the shard's rename never happened
     with caplog.at_level("WARNING", logger="taskres"):
         assert cache.missing_shards(entry) == [2]
         feats = cache.features(tiny_backbone, samples_of(entries), progress=False)
     assert cache_warnings(caplog) == []  # the normal state of a resumed run: nothing to report
-    assert torch.equal(feats, FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor())
+    assert torch.equal(feats, undamaged_test_rows(undamaged))
 
 
 def test_an_entry_written_before_check_records_is_encoded_again(undamaged, tiny_backbone, tmp_path, caplog):
-    root0, entries, *_ = undamaged
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
-    cache = FeatureCache(root, shard_size=SHARD)
-    entry = cache.entry(tiny_backbone, entries["test"].paths)
+    entries = undamaged[1]
+    cache, entry = opened_test_entry(damageable_copy(undamaged, tmp_path), tiny_backbone, entries)
     index = json.loads(entry.index_path.read_text())
     old = {k: v for k, v in index.items() if k not in ("format", "checks")}
     entry.index_path.write_text(json.dumps({**old, "bad_rows": []}))
@@ -328,7 +320,7 @@ def test_an_entry_written_before_check_records_is_encoded_again(undamaged, tiny_
     lines = cache_warnings(caplog)
     assert len(lines) == 1 and "predates content checks" in lines[0] and str(entry.directory) in lines[0]
     assert counting.count == entry.n
-    assert torch.equal(feats, FeatureCache(root0, shard_size=SHARD).open(entries["test"]).to_tensor())
+    assert torch.equal(feats, undamaged_test_rows(undamaged))
 
 
 def _fit_in_child(class_folder, root, out, backbone, barrier, log_file):
@@ -437,9 +429,8 @@ def test_an_image_fixed_under_the_same_size_and_time_is_read_again(class_folder,
 def test_nan_bytes_under_verify_none_are_caught_and_rebuilt(undamaged, class_folder, tiny_backbone, tmp_path, caplog):
     """--verify-cache none does not hash shards; bytes changed into NaN must still never reach a method or a
     metric (ECE's bincount, GDA's LinAlgError): the shard is named, removed and encoded again."""
-    root0, entries, top1, tensors = undamaged
-    root = tmp_path / "cache"
-    shutil.copytree(root0, root)
+    _, entries, top1, tensors = undamaged
+    root = damageable_copy(undamaged, tmp_path)
     for which in ("test", "train"):
         entry = FeatureCache(root, shard_size=SHARD).entry(tiny_backbone, entries[which].paths, entries[which].view)
         path = entry.shard_path(1)
