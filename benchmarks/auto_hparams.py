@@ -33,7 +33,7 @@ from taskres.api import FitConfig, build_context, encode_split, make_cache, top1
 from taskres.backbone import BackboneConfig, load_backbone
 from taskres.datasets import load_dataset, make_fewshot_split
 from taskres.methods.taskres.autotune import text_rms
-from taskres.methods.taskres import TaskRes, TaskResParams
+from taskres.methods.taskres import TaskRes, TaskResParams, lr_for
 from taskres.mini.tasks import DEMO_TASKS
 
 VIEWS = 4  # the demo's cached views per image (taskres.demo.DEMO_VIEWS)
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
                     ctx = build_context(task, backbone, train, shots=shots, seed=seed, base=base * scale,
                                         val_features=val_f, val_labels=val_y, progress=False)
                     torch.manual_seed(seed)
-                    cell = run_cell(ctx, test_f, test_y, task.lr, text_rms(base))
+                    cell = run_cell(ctx, test_f, test_y, lr_for(task.name, backbone.identity.get("model", "")),
+                                    text_rms(base))
                     cell.update(task=name, shots=shots, seed=seed, scale=scale, val_images=len(val_y))
                     cells.append(cell)
                     print(f"  {name} {shots}-shot seed {seed} scale {scale:g}: "

@@ -40,7 +40,7 @@ def make_coop_dataset(data_root: Path, name: str = "caltech101", per_class=(8, 3
     """A CoOp-layout dataset (caltech-101 layout: image folder + split_zhou json)."""
     from taskres.datasets.coop import SPLIT_JSON_DATASETS
 
-    folder, image_folder, split_file, _, _ = SPLIT_JSON_DATASETS[name]
+    folder, image_folder, split_file, _ = SPLIT_JSON_DATASETS[name]
     base = data_root / folder
     image_dir = base / image_folder if image_folder else base
     rng = np.random.default_rng(seed)

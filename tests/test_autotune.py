@@ -13,7 +13,7 @@ from taskres.classifier import load_classifier, save_classifier
 from taskres.methods import TrainingError, get_method
 from taskres.methods.taskres.autotune import KAPPAS, SIGMAS, candidate_grid, text_rms, val_scores
 from taskres.methods.base import parse_overrides
-from taskres.methods.taskres import TaskRes, TaskResParams
+from taskres.methods.taskres import TASKRES_LR, TaskRes, TaskResParams
 from taskres.methods.taskres_enhanced import TaskResEnhancedParams
 
 EPOCHS = 40  # every candidate trains this schedule; short, so that a 17-candidate search stays near a second
@@ -36,9 +36,12 @@ def draw(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return same.train.views[0] + 0.3 * torch.randn(len(labels), D, generator=g), labels
 
 
-def context(scale: float = 1.0, val=None, **kw):
+def context(scale: float = 1.0, val=None, lr: float | None = None, monkeypatch=None, **kw):
+    """``lr``: the synthetic task's reference lr, set for this test in TaskRes's per-dataset table."""
     val_x, val_y = draw(4, seed=5) if val is None else val
     ctx = separable_context(n_per_class=8, val_features=val_x, val_labels=val_y, **kw)
+    if lr is not None:
+        monkeypatch.setitem(TASKRES_LR, ctx.task_name, lr)
     return replace(ctx, text_classifier=ctx.text_classifier * scale)
 
 
@@ -79,8 +82,8 @@ def test_grid_is_scale_free_and_starts_at_the_reference():
     assert {g["lr"] for g in only_alpha} == {2e-3} and len(only_alpha) == 1 + len(KAPPAS)
 
 
-def test_search_keeps_the_val_best_candidate_exactly_and_records_the_grid(tmp_path):
-    ctx = context(dataset_lr=0.5)
+def test_search_keeps_the_val_best_candidate_exactly_and_records_the_grid(tmp_path, monkeypatch):
+    ctx = context(lr=0.5, monkeypatch=monkeypatch)
     clf = TaskRes(auto()).fit(ctx)
     hp = clf.meta.hparams
     search = hp["auto_search"]
@@ -115,11 +118,11 @@ def test_the_search_follows_the_val_split_not_the_test_images():
     assert top1(honest, test_x, test_y) > top1(misled, test_x, test_y) + 0.2
 
 
-def test_huge_text_norms_defeat_the_fixed_alpha_at_any_lr_but_not_auto():
+def test_huge_text_norms_defeat_the_fixed_alpha_at_any_lr_but_not_auto(monkeypatch):
     test_x, test_y = draw(20, seed=9)
     fixed = TaskResParams(epochs=EPOCHS)  # alpha 0.5 and the dataset's lr 0.5: fine at the usual scale
-    assert top1(TaskRes(fixed).fit(context(1.0, dataset_lr=0.5)), test_x, test_y) > 0.95
-    huge = context(100.0, dataset_lr=0.5)
+    assert top1(TaskRes(fixed).fit(context(1.0, lr=0.5, monkeypatch=monkeypatch)), test_x, test_y) > 0.95
+    huge = context(100.0, lr=0.5, monkeypatch=monkeypatch)
     zero_shot = top1(TaskRes(TaskResParams(epochs=0)).fit(huge), test_x, test_y)
     assert zero_shot < 0.7
     for lr in (0.5, 50.0):  # coupled weight decay, 1e4x stronger relative to the gradient, pins x near 0

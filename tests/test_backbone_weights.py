@@ -208,9 +208,8 @@ def test_cli_flags_and_taskres_rn50_rules():
     assert BackboneSpec("RN50", "openai").key() == {"model": "RN50", "pretrained": "openai", "precision": "fp32"}
     # TaskRes's RN50 settings (lr 2e-3, 100/200 epochs) follow the architecture, not the activation's name
     for shots in (1, 16):
-        assert reference_defaults("dtd", "RN50-quickgelu", shots, 0.5, None) == \
-            reference_defaults("dtd", "RN50", shots, 0.5, None)
-    assert reference_defaults("dtd", "RN50-quickgelu", 1, 0.5, None)["lr"] == 2e-3
+        assert reference_defaults("dtd", "RN50-quickgelu", shots) == reference_defaults("dtd", "RN50", shots)
+    assert reference_defaults("dtd", "RN50-quickgelu", 1)["lr"] == 2e-3
 
 
 # -- open_clip's pretrained table honoured ----------------------------------------------------------------------

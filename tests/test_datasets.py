@@ -102,7 +102,7 @@ def test_templates_and_alpha_per_dataset(tmp_path):
     (root / "oxford_flowers" / "split_zhou_OxfordFlowers.json").write_text(json.dumps(
         {"train": [["a.jpg", 0, "rose"]], "val": [], "test": [["b.jpg", 1, "tulip"]]}))
     task = load_dataset("oxford_flowers", root)
-    assert task.templates == ["a photo of a {}, a type of flower."] and task.alpha == 1.0
+    assert task.templates == ["a photo of a {}, a type of flower."]
     assert task.classnames == ["rose", "tulip"]
 
 
@@ -133,7 +133,7 @@ def test_imagenet_family_readers(tmp_path):
     wnids, names = ["n01", "n02", "n03", "n04"], ["tench", "goldfish", "great white shark", "tiger shark"]
     _fake_imagenet(tmp_path, wnids, names)
     inet = load_dataset("imagenet", tmp_path)
-    assert inet.classnames == names and inet.templates == IMAGENET_TEMPLATES and inet.lr == 2e-4
+    assert inet.classnames == names and inet.templates == IMAGENET_TEMPLATES
     assert len(inet.train) == 12 and len(inet.test) == 12 and inet.val == []
     assert len(load_dataset("imagenetv2", tmp_path).test) == 4
     assert len(load_dataset("imagenet_sketch", tmp_path).test) == 12

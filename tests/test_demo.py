@@ -45,7 +45,7 @@ def test_demo_sweep_covers_every_method_and_the_paper_shots():
         assert params["lr"] == pytest.approx(reference_lr(m) * DEMO_LR_FACTOR[m])
     assert reference_lr("taskres") == 2e-4 and reference_lr("coop") == 0.002  # not RN50: TaskRes's 2e-4
     # `taskres fit` on a demo task without --set lr uses the demo's TaskRes learning rate
-    from taskres.mini.tasks import DEMO_TASKRES_LR
+    from taskres.methods.taskres import DEMO_TASKRES_LR
 
     assert DEMO_TASKRES_LR == pytest.approx(full.method_params["taskres"]["lr"])
 

@@ -225,7 +225,7 @@ def test_load_demo_task_writes_a_valid_coop_layout(shapes_root):
         for rel, label, cname in entries[:: per_class]:
             assert (folder / "images" / rel).is_file() and task.classnames[label] == cname
     assert min(mini_tasks.SPLIT_SIZES.values()) >= 4 and mini_tasks.SPLIT_SIZES["train"] >= 16
-    assert task.templates and all("{}" in t for t in task.templates) and task.alpha == 0.5
+    assert task.templates and all("{}" in t for t in task.templates)
     with Image.open(task.test[0].path) as im:
         assert im.size == (mini_tasks.IMAGE_SIZE,) * 2 and im.mode == "RGB"
     assert not [p for p in shapes_root.iterdir() if p.name.startswith(".")]  # no temp folders left

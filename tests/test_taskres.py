@@ -113,13 +113,10 @@ def test_batches_drop_last_only_when_the_set_is_large():
 
 
 def test_reference_defaults():
-    assert reference_defaults("oxford_flowers", "RN50", 16, 1.0, None) == {"alpha": 1.0, "lr": 2e-3, "epochs": 200}
-    assert reference_defaults("dtd", "RN50", 4, 0.5, None) == {"alpha": 0.5, "lr": 2e-3, "epochs": 100}
-    assert reference_defaults("imagenet", "RN50", 16, 0.5, 2e-4)["lr"] == 2e-4
-    assert reference_defaults("dtd", "ViT-B-16", 1, 0.5, None) == {"alpha": 0.5, "lr": 2e-4, "epochs": 200}
-    from taskres.datasets.coop import SPLIT_JSON_DATASETS
-
-    assert {n: v[4] for n, v in SPLIT_JSON_DATASETS.items() if v[4] != 0.5} == {"oxford_flowers": 1.0}
+    assert reference_defaults("oxford_flowers", "RN50", 16) == {"alpha": 1.0, "lr": 2e-3, "epochs": 200}
+    assert reference_defaults("dtd", "RN50", 4) == {"alpha": 0.5, "lr": 2e-3, "epochs": 100}
+    assert reference_defaults("imagenet", "RN50", 16)["lr"] == 2e-4
+    assert reference_defaults("dtd", "ViT-B-16", 1) == {"alpha": 0.5, "lr": 2e-4, "epochs": 200}
 
 
 def test_taskres_learns_a_separable_task_and_keeps_the_prior_at_start():

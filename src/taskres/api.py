@@ -254,7 +254,7 @@ def build_context(task: TaskData, backbone: Backbone, train, *, shots: int, seed
         task_name=task.name, classnames=task.classnames, templates=recipe.task_templates(task.name, task.templates),
         text_classifier=base, logit_scale=backbone.logit_scale, train=train, shots=shots, seed=seed,
         backbone_identity=backbone.identity, val_features=val_features, val_labels=val_labels,
-        class_ids=task.class_ids, dataset_alpha=task.alpha, dataset_lr=task.lr, backbone=backbone,
+        class_ids=task.class_ids, backbone=backbone,
         progress=progress, prompt_classnames=recipe.prompt_names(task.classnames), text_recipe=recipe,
         dataset_templates=list(task.templates))
 

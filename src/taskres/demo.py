@@ -45,7 +45,7 @@ def reference_lr(method: str, backbone_model: str = "taskres-mini") -> float:
     if method in ("taskres", "taskres_enhanced"):
         from .methods.taskres import reference_defaults
 
-        return reference_defaults("", backbone_model, 16, 0.5, None)["lr"]
+        return reference_defaults("", backbone_model, 16)["lr"]
     (field,) = [f for f in dataclasses.fields(METHODS[method].Params) if f.name == "lr"]
     return float(field.default)
 

@@ -413,8 +413,8 @@ def expand(sweep: SweepConfig) -> list[Cell]:
 def subset_classes(task: TaskData, labels: list[int]) -> TaskData:
     """The task restricted to ``labels`` (in that order), relabelled 0..len(labels)-1.
 
-    Images of other classes are dropped from every split. The name, templates, alpha and lr stay those of
-    the full dataset, so per-dataset defaults still apply; class ids follow their classes. The few shots of
+    Images of other classes are dropped from every split. The name and templates stay those of the full
+    dataset, so per-dataset defaults (looked up by name) still apply; class ids follow their classes. The few shots of
     the subset are drawn over the full dataset's classes and then subset (``TaskData.subset_of``), as CoOp
     draws them, so a seed picks the same images in both.
     """
@@ -430,7 +430,7 @@ def subset_classes(task: TaskData, labels: list[int]) -> TaskData:
 
     return TaskData(
         name=task.name, classnames=[task.classnames[y] for y in labels], templates=list(task.templates),
-        train=keep(task.train), val=keep(task.val), test=keep(task.test), alpha=task.alpha, lr=task.lr,
+        train=keep(task.train), val=keep(task.val), test=keep(task.test),
         class_ids=[task.class_ids[y] for y in labels] if task.class_ids else None,
         extra_splits={k: keep(v) for k, v in task.extra_splits.items()},
         subset_of=_full_task_labels(task, labels))

@@ -28,8 +28,6 @@ class TaskData:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
-    alpha: float = 0.5  # TaskRes residual scale the paper uses for this dataset
-    lr: float | None = None  # per-dataset learning-rate default (None: method default)
     class_ids: list[str] | None = None  # stable ids (e.g. WordNet ids) used to map class subsets
     extra_splits: dict[str, list[Sample]] = field(default_factory=dict)
     # A class subset (base-to-new): the full task and the labels kept, in order. The few shots are drawn over

@@ -24,18 +24,18 @@ IMAGENET_TEMPLATES = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-# name -> (folder under DATA, image folder inside it, split file, template, alpha)
-SPLIT_JSON_DATASETS: dict[str, tuple[str, str, str, str, float]] = {
-    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "a photo of a {}.", 0.5),
-    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet.", 0.5),
-    "stanford_cars": ("stanford_cars", "", "split_zhou_StanfordCars.json", "a photo of a {}.", 0.5),
+# name -> (folder under DATA, image folder inside it, split file, template)
+SPLIT_JSON_DATASETS: dict[str, tuple[str, str, str, str]] = {
+    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "a photo of a {}."),
+    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet."),
+    "stanford_cars": ("stanford_cars", "", "split_zhou_StanfordCars.json", "a photo of a {}."),
     "oxford_flowers": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
-                       "a photo of a {}, a type of flower.", 1.0),
-    "food101": ("food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.", 0.5),
-    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json", "a photo of a {}.", 0.5),
-    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json", "{} texture.", 0.5),
-    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.", 0.5),
-    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}.", 0.5),
+                       "a photo of a {}, a type of flower."),
+    "food101": ("food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food."),
+    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json", "a photo of a {}."),
+    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json", "{} texture."),
+    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}."),
+    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}."),
 }
 
 
@@ -46,7 +46,7 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def read_split_json_dataset(name: str, root: Path) -> TaskData:
-    folder, image_folder, split_file, template, alpha = SPLIT_JSON_DATASETS[name]
+    folder, image_folder, split_file, template = SPLIT_JSON_DATASETS[name]
     base = _require_dir(root / folder, f"dataset {name!r}")
     image_dir = _require_dir(base / image_folder, f"{name} image") if image_folder else base
     splits, names = read_split_json(base / split_file, image_dir)
@@ -54,7 +54,6 @@ def read_split_json_dataset(name: str, root: Path) -> TaskData:
         name=name,
         classnames=classnames_from_map(names, base / split_file),
         templates=[template],
-        alpha=alpha,
         **splits,
     )
     task.check_labels()
@@ -83,7 +82,7 @@ def read_fgvc_aircraft(root: Path) -> TaskData:
                 raise DatasetError(f"{path}:{n}: variant {variant!r} is not in {variants_file}")
             items.append(Sample(str(image_dir / f"{image}.jpg"), label_of[variant]))
         splits[split] = items
-    return TaskData("fgvc_aircraft", classnames, ["a photo of a {}, a type of aircraft."], alpha=0.5, **splits)
+    return TaskData("fgvc_aircraft", classnames, ["a photo of a {}, a type of aircraft."], **splits)
 
 
 def read_classnames_file(path: Path) -> dict[str, str]:
@@ -132,7 +131,7 @@ def read_imagenet(root: Path) -> TaskData:
     test = _read_wnid_folders(_require_dir(base / "images" / "val", "imagenet val"), wnids, names)
     # ImageNet has no validation split of its own; ours is drawn from train, disjoint from the shots.
     return TaskData("imagenet", [names[w] for w in wnids], list(IMAGENET_TEMPLATES), train, [], test,
-                    alpha=0.5, lr=2e-4, class_ids=wnids)
+                    class_ids=wnids)
 
 
 def read_imagenet_v2(root: Path) -> TaskData:

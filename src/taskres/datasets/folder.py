@@ -109,4 +109,4 @@ def read_class_folder(root: Path, classnames_file: Path | None = None,
     _check_classes(root, class_folders, [d / c for d in split_dirs for c in class_folders if (d / c).is_dir()],
                    sum(len(v) for v in splits.values()))
     names = _display_names(class_folders, root, classnames_file)
-    return TaskData(root.name, names, list(templates), alpha=0.5, class_ids=class_folders, **splits)
+    return TaskData(root.name, names, list(templates), class_ids=class_folders, **splits)

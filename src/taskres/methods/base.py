@@ -40,8 +40,6 @@ class FitContext:
     val_features: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     class_ids: list[str] | None = None
-    dataset_alpha: float = 0.5
-    dataset_lr: float | None = None
     backbone: Any = None  # the Backbone, for methods that go through the text encoder (CoOp, TaskRes*)
     progress: bool = True
     # aug_scale -> a fresh training source at that crop (taskres.fit sets it): --method auto fits candidates

@@ -30,11 +30,7 @@ from taskres.mini.world import COLOURS, NOVEL_BACKGROUNDS, SHAPES, World, WorldC
 TASK_VERSION = 3
 SPLIT_SIZES = {"train": 40, "val": 4, "test": 40}  # images per class
 IMAGE_SIZE = 64  # the mini model's input size; PNGs are written at this size
-# TaskRes's learning rate on these tasks (TaskData.lr, what `taskres fit` uses without --set lr): the demo's,
-# its reference 2e-4 times the factor that benchmarks/demo_lr.py chose for it (taskres.demo.DEMO_LR_FACTOR;
-# a test holds the two equal). The paper's 2e-4 is sized for CLIP; the mini model's text features are
-# larger (|t| ~ 17 over 128 dims), so the residual needs a larger step to move the classifier as far.
-DEMO_TASKRES_LR = 2e-2
+# TaskRes's learning rate on these tasks lives with the method: taskres.methods.taskres.TASKRES_LR.
 
 
 @dataclass(frozen=True)
@@ -44,8 +40,6 @@ class DemoTaskSpec:
     classnames: tuple[str, ...]
     class_worlds: tuple[WorldConfig, ...]  # what each class's images look like
     templates: tuple[str, ...] = ("a photo of a {}.",)
-    alpha: float = 0.5
-    lr: float | None = DEMO_TASKRES_LR
     split_sizes: dict[str, int] = field(default_factory=lambda: dict(SPLIT_SIZES))
 
     @property
@@ -131,8 +125,7 @@ def _write_task(spec: DemoTaskSpec, target: Path) -> None:
             entries.append([rel, label, cname])
         split_lists[split] = entries
     (target / f"split_zhou_{spec.split_name}.json").write_text(json.dumps(split_lists))
-    meta = {"task": spec.name, "version": TASK_VERSION, "templates": list(spec.templates), "alpha": spec.alpha,
-            "lr": spec.lr}
+    meta = {"task": spec.name, "version": TASK_VERSION, "templates": list(spec.templates)}
     (target / "task.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -194,8 +187,6 @@ def load_demo_task(name: str, root: Path) -> TaskData:
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        alpha=spec.alpha,
-        lr=spec.lr,
     )
     task.check_labels()
     return task
