@@ -48,17 +48,18 @@ def taskres_logits(features: torch.Tensor, base: torch.Tensor, residual: torch.T
 RN50_NAMES = ("RN50", "RN50-quickgelu")  # one architecture: the -quickgelu name only sets the activation
 
 # Per-dataset defaults, kept here as the other methods keep theirs (tip_adapter.TIP_ADAPTER_CONFIGS); a dataset
-# not listed (a class folder, a domain-shift target) gets the default. Source: REFERENCE.md, from the
-# authors' configs and scripts.
+# not listed (a class folder, a domain-shift target) gets the default. Source: REFERENCE.md.
+# alpha: the release passes it per run (scripts/taskres/main.sh's SCALE -> TRAINER.TaskRes.RESIDUAL_SCALE);
+# REFERENCE.md gives 0.5 for every dataset but Oxford Flowers (1.0).
 DEFAULT_ALPHA = 0.5
-TASKRES_ALPHA: dict[str, float] = {"oxford_flowers": 1.0}  # the one dataset the authors run at alpha 1.0
+TASKRES_ALPHA: dict[str, float] = {"oxford_flowers": 1.0}
 # The mini tasks' lr is the demo's: its reference 2e-4 times the factor benchmarks/demo_lr.py chose
 # (taskres.demo.DEMO_LR_FACTOR; a test holds the two equal). The paper's 2e-4 is sized for CLIP; the mini
 # model's text features are larger (|t| ~ 17 over 128 dims), so the residual needs a larger step.
 DEMO_TASKRES_LR = 2e-2
 # None of these depends on the backbone: the backbone rule (lr_for) applies only to datasets not listed.
 TASKRES_LR: dict[str, float] = {
-    "imagenet": 2e-4,  # REFERENCE.md: 2e-4 for ImageNet on every backbone
+    "imagenet": 2e-4,  # configs/trainers/TaskRes/adam_lr2e-4_B256_ep*.yaml, on every backbone
     **dict.fromkeys((*DEMO_TASKS, *TUNING_TASKS), DEMO_TASKRES_LR),
 }
 
@@ -70,7 +71,8 @@ def alpha_for(task_name: str) -> float:
 
 def lr_for(task_name: str, backbone_model: str) -> float:
     """TASKRES_LR's value for ``task_name``, else the reference configs' backbone rule: 2e-3 on RN50 (the 10
-    non-ImageNet datasets), 2e-4 on every other backbone."""
+    non-ImageNet datasets: configs/trainers/TaskRes/adam_lr2e-3_B256_ep{100,200}.yaml), 2e-4 on every other
+    backbone (adam_lr2e-4_B256_ep200_{RN101,RN50x16,ViT16,ViT32}.yaml)."""
     if task_name in TASKRES_LR:
         return TASKRES_LR[task_name]
     return 2e-3 if backbone_model in RN50_NAMES else 2e-4
