@@ -27,6 +27,8 @@ FLAG_NAMES = {"num_workers": "--workers", "eval_splits": "--eval-split", "method
               # set items, the pixel limit's environment variable
               ("BackboneConfig", "name"): "--backbone", ("SweepConfig", "backbones"): "--backbone",
               "set_items": "--set", MAX_PIXELS_ENV: "--max-image-pixels"}
+# Fields whose flag in FLAG_NAMES is the switch that turns them off.
+OFF_SWITCHES = ("augment", "progress")
 
 
 def flag_of(exc: OptionError) -> str:
@@ -42,8 +44,8 @@ def mention_flag(mention: Mention) -> str:
     flag = flag_name(mention.field, mention.owner)
     if mention.value is UNSET or mention.value is True:
         return flag
-    if mention.value is False:
-        return "--no-" + flag[2:]
+    if mention.value is False:  # a field on by default is named by its off switch already (--no-augment)
+        return flag if mention.field in OFF_SWITCHES else "--no-" + flag[2:]
     return f"{flag} {mention.value}"
 
 
