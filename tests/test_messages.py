@@ -110,3 +110,14 @@ def test_split_file_errors(tmp_path):
     lib, cli = both(lambda: resolve_split(cfg, task))
     assert lib.startswith("FitConfig.shots=3 disagrees with FitConfig.split_file=") and "(drop FitConfig.shots," in lib
     assert cli.startswith(f"--shots 3 disagrees with --split-file {tmp_path / 'split.json'}, made with --shots 2")
+
+
+def test_classifier_backbone_mismatch():
+    from types import SimpleNamespace
+
+    from taskres.classifier import check_backbone
+
+    clf = SimpleNamespace(meta=SimpleNamespace(backbone={"model": "RN50", "fingerprint": "a", "activation": "gelu"}))
+    lib, cli = both(lambda: check_backbone(clf, {"model": "RN50", "fingerprint": "b", "activation": "gelu"}))
+    assert lib.endswith("give the same BackboneConfig.name/BackboneConfig.pretrained")
+    assert cli.endswith("give the same --backbone/--pretrained")

@@ -374,8 +374,8 @@ def check_sweep(sweep: SweepConfig) -> None:
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"two {what}s of the sweep share the label {dup[0]!r}; give each backbone a "
-                             "'label' in the --config file" if what == "backbone" else
-                             f"two datasets of the sweep share the name {dup[0]!r}")
+                             "'label' (BackboneSpec.label, a key of a sweep file's backbones)" if what == "backbone"
+                             else f"two datasets of the sweep share the name {dup[0]!r}")
     if sweep.data_root is not None:
         sweep.data_root = str(Path(sweep.data_root).expanduser().resolve())
     # Folder datasets become absolute paths, so records and rerun commands work from any directory.
