@@ -246,7 +246,7 @@ def test_full_and_fewshot_search_splits_differ_and_are_recorded(coop_tasks, tmp_
         assert fitted.metrics["search_split"] == split
         assert fitted.metrics["num_val"] == (len(few.val) if split == "fewshot" else len(full.val))
     assert (tmp_path / "run" / "splits.json").read_text().count('"search_split": "full"') == 1
-    with pytest.raises(ValueError, match="--split-file"):  # a full split file under the default option
+    with pytest.raises(ValueError, match=r"FitConfig\.split_file=.*search split"):  # a full split file under the default option
         _fit("gda", coop_tasks, tmp_path, split_file=str(tmp_path / "run" / "splits.json"))
 
 

@@ -75,7 +75,8 @@ def test_val_drawn_from_train_when_no_val_split_is_disjoint_from_shots(tmp_path)
 
 def test_class_with_fewer_images_than_k(coop_root):
     task = load_dataset("caltech101", coop_root)
-    with pytest.raises(DatasetError, match=r"class 'red' has 8 image\(s\) in the train split, fewer than --shots 16"):
+    with pytest.raises(DatasetError,
+                       match=r"class 'red' has 8 image\(s\) in the train split, fewer than FitConfig\.shots=16"):
         make_fewshot_split(task, 16, seed=1)
     split = make_fewshot_split(task, 16, seed=1, allow_fewer=True)
     assert len(split.train) == 32
@@ -90,7 +91,7 @@ def test_missing_split_file_and_folder(tmp_path, coop_root):
     (tmp_path / "oxford_pets" / "split_zhou_OxfordPets.json").write_text("{not json")
     with pytest.raises(DatasetError, match="split_zhou_OxfordPets.json is not valid JSON"):
         load_dataset("oxford_pets", tmp_path)
-    with pytest.raises(DatasetError, match="needs --data-root"):
+    with pytest.raises(DatasetError, match=r"needs FitConfig\.data_root "):
         load_dataset("dtd")
     with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
         load_dataset("nope")

@@ -23,7 +23,7 @@ from .atomic import atomic_folder, read_json, write_json_atomic
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .classifier import (Classifier, check_backbone, check_width, class_rows, cosine_logits, load_classifier,
                          save_classifier)
-from .errors import OptionError
+from .errors import Mention, OptionError, naming
 from .datasets import DatasetError, FewShotSplit, TaskData, load_dataset, load_split, make_fewshot_split
 from .features import CachedViews, FeatureCache, MappedViews, OnlineAugmented, View, default_cache_dir
 from .methods import FitContext, check_regime, get_method, recipe_of
@@ -329,12 +329,16 @@ def resolve_split(cfg: FitConfig, task: TaskData) -> tuple[FitConfig, FewShotSpl
                                        search_split=cfg.search_split)
     split = load_split(Path(cfg.split_file), task, allow_fewer=cfg.allow_fewer_shots)
     if split.search_split != cfg.search_split:
-        raise DatasetError(f"--split-file {cfg.split_file}: its validation images are a {split.search_split!r} "
-                           f"search split, not the {cfg.search_split!r} one asked for (--search-split)")
-    for option, given, stated in (("--shots", cfg.shots, split.shots), ("--seed", cfg.seed, split.seed)):
+        raise naming(DatasetError, f"{{split_file}}: its validation images are a {split.search_split!r} search "
+                     f"split, not the {cfg.search_split!r} one asked for ({{search_split}})",
+                     split_file=Mention("FitConfig", "split_file", str(cfg.split_file)),
+                     search_split=Mention("FitConfig", "search_split"))
+    for option, given, stated in (("shots", cfg.shots, split.shots), ("seed", cfg.seed, split.seed)):
         if given is not None and given != stated:
-            raise DatasetError(f"{option} {given} disagrees with --split-file {cfg.split_file}, made with "
-                               f"{option} {stated} (drop {option}, or give {stated})")
+            raise naming(DatasetError, "{given} disagrees with {split_file}, made with {stated} (drop {option}, "
+                         f"or give {stated})", given=Mention("FitConfig", option, given),
+                         split_file=Mention("FitConfig", "split_file", str(cfg.split_file)),
+                         stated=Mention("FitConfig", option, stated), option=Mention("FitConfig", option))
     return dataclasses.replace(cfg, shots=split.shots, seed=split.seed), split
 
 

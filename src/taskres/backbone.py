@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import UNSET, Mention, naming
 from .openai_archive import ArchiveError, is_openai_clip, is_torchscript_archive, read_state_dict
 from .transforms import ReferenceAugmentation, describe_transform
 
@@ -64,6 +65,11 @@ def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bo
         return False
 
 
+def _option(field: str, value=UNSET) -> Mention:
+    """A BackboneConfig field an error names (the CLI shows its flag: ``--pretrained``, ``--device cpu``)."""
+    return Mention("BackboneConfig", field, value)
+
+
 def resolve_pretrained(cfg: BackboneConfig) -> str | None:
     """Turn the user's ``pretrained`` option into what open_clip takes (None = random weights)."""
     value = (cfg.pretrained or "none").strip()
@@ -73,10 +79,8 @@ def resolve_pretrained(cfg: BackboneConfig) -> str | None:
         if cfg.name == MINI_MODEL:
             path = mini_weights_path()
             if not path.is_file():
-                raise BackboneError(
-                    f"the packaged weights of {MINI_MODEL} are missing ({path}); reinstall taskres "
-                    "or pass --pretrained none"
-                )
+                raise naming(BackboneError, f"the packaged weights of {MINI_MODEL} are missing ({path}); "
+                             "reinstall taskres or use {none}", none=_option("pretrained", "none"))
             return str(path)
         if cfg.name.startswith("hf-hub:"):
             return None
@@ -203,7 +207,8 @@ def weights_activation(name: str, pretrained: str | None, kind: str,
 
     if kind == "hub":
         if option is not None:
-            raise BackboneError("--quick-gelu/--no-quick-gelu: an hf-hub: model's own config sets its activation")
+            raise naming(BackboneError, "{quick_gelu}: an hf-hub: model's own config sets its activation",
+                         quick_gelu=_option("quick_gelu"))
         return None, None
     model_cfg = open_clip.get_model_config(name) or {}
     facts: list[tuple[bool, str]] = []
@@ -217,11 +222,12 @@ def weights_activation(name: str, pretrained: str | None, kind: str,
     elif kind == "packaged":
         facts.append((bool(model_cfg.get("quick_gelu", False)), f"the packaged {name} weights"))
     if option is not None:
-        facts.append((option, "--quick-gelu" if option else "--no-quick-gelu"))
+        facts.append((option, "{quick_gelu}"))
     values = {v for v, _ in facts}
     if len(values) > 1:
         said = "; ".join(f"{src}: {'QuickGELU' if v else 'nn.GELU'}" for v, src in facts)
-        raise BackboneError(f"contradicting activations for {name} with --pretrained {pretrained}: {said}")
+        raise naming(BackboneError, f"contradicting activations for {name} with {{pretrained}}: {said}",
+                     pretrained=_option("pretrained", pretrained), quick_gelu=_option("quick_gelu", option))
     if values:
         return values.pop(), None
     default = bool(model_cfg.get("quick_gelu", False))
@@ -252,11 +258,12 @@ def plan_weights(cfg: BackboneConfig) -> WeightsPlan:
         kind = "tag"
     elif not _looks_like_file(pretrained) and not Path(pretrained).exists():
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.name)) or "none"
-        raise BackboneError(f"--pretrained {pretrained!r} is neither a checkpoint file nor a tag of {cfg.name} "
-                            f"(its tags: {tags})")
+        raise naming(BackboneError, f"{{pretrained}} is neither a checkpoint file nor a tag of {cfg.name} "
+                     f"(its tags: {tags})", pretrained=_option("pretrained", pretrained))
     else:
         if not Path(pretrained).is_file():
-            raise BackboneError(f"--pretrained: checkpoint file not found: {pretrained}")
+            raise naming(BackboneError, f"{{pretrained}}: checkpoint file not found: {pretrained}",
+                         pretrained=_option("pretrained"))
         if cfg.pretrained == "default" and cfg.name == MINI_MODEL:
             kind = "packaged"
         elif is_torchscript_archive(pretrained):
@@ -274,21 +281,24 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     _register_mini_config()
     if cfg.name.endswith(".json"):  # a model config file of one's own: register it under its file stem
         if not Path(cfg.name).is_file():
-            raise BackboneError(f"--backbone: model config file not found: {cfg.name}")
+            raise naming(BackboneError, f"{{name}}: model config file not found: {cfg.name}", name=_option("name"))
         open_clip.add_model_config(cfg.name)
         cfg = replace(cfg, name=Path(cfg.name).stem)
     if cfg.precision not in PRECISIONS:
-        raise BackboneError(f"--precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}")
+        raise naming(BackboneError, f"{{precision}} must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}",
+                     precision=_option("precision"))
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"--device {cfg.device} was asked for, but no CUDA device is available; pass --device cpu")
+        raise naming(BackboneError, "{device} was asked for, but no CUDA device is available; use {cpu}",
+                     device=_option("device", cfg.device), cpu=_option("device", "cpu"))
     plan = plan_weights(cfg)
     needs_download = plan.kind in ("hub", "tag")
     if needs_download and not _weights_cached(cfg.name, plan.pretrained) and not _network_reachable():
-        raise BackboneError(
+        raise naming(
+            BackboneError,
             f"cannot download weights {plan.pretrained or cfg.name!r} for {cfg.name}: no network. Download the "
-            f"checkpoint elsewhere and pass its path: --pretrained /path/to/{cfg.name}.safetensors "
-            "(or .pt/.bin, or OpenAI's own RN50.pt, ViT-B-16.pt, ...)"
-        )
+            "checkpoint elsewhere and give its path: {path} "
+            "(or .pt/.bin, or OpenAI's own RN50.pt, ViT-B-16.pt, ...)",
+            path=_option("pretrained", f"/path/to/{cfg.name}.safetensors"))
     state_dict = _read_openai_archive(plan.pretrained) if plan.kind == "openai_archive" else None
     if plan.note:
         log.warning("%s", plan.note)
@@ -330,7 +340,8 @@ def build_model(plan: WeightsPlan, device: str = "cpu"):
             torch.manual_seed(0)  # random weights (--pretrained none) are the same in every run
             model, _, preprocess = open_clip.create_model_and_transforms(plan.name, **kwargs)
     except RuntimeError as exc:
-        raise BackboneError(f"could not load {plan.name} with --pretrained {plan.pretrained}: {_one_line(exc)}") from None
+        raise naming(BackboneError, f"could not load {plan.name} with {{pretrained}}: {_one_line(exc)}",
+                     pretrained=_option("pretrained", plan.pretrained)) from None
     finally:
         root_logger.setLevel(level)
     if plan.quick_gelu and "quick_gelu" not in model_activation(model):
@@ -372,11 +383,12 @@ def _read_openai_archive(path: str) -> dict[str, torch.Tensor]:
     try:
         state_dict = read_state_dict(path)
     except ArchiveError as exc:
-        raise BackboneError(f"--pretrained {path}: {exc}") from None
+        raise naming(BackboneError, f"{{pretrained}}: {exc}", pretrained=_option("pretrained", path)) from None
     if not is_openai_clip(state_dict):
-        raise BackboneError(
-            f"--pretrained {path}: a TorchScript archive, but not one of OpenAI's CLIP checkpoints (no "
-            "input_resolution/context_length/vocab_size buffers); save the model's state_dict() and pass that")
+        raise naming(
+            BackboneError, "{pretrained}: a TorchScript archive, but not one of OpenAI's CLIP checkpoints (no "
+            "input_resolution/context_length/vocab_size buffers); save the model's state_dict() and give that",
+            pretrained=_option("pretrained", path))
     return state_dict
 
 
@@ -387,9 +399,10 @@ def _load_openai_state(model: torch.nn.Module, state_dict: dict, plan: WeightsPl
         model.load_state_dict(weights, strict=True)  # copies fp16 storage into the fp32 parameters exactly
     except RuntimeError as exc:
         res = int(state_dict["input_resolution"])
-        raise BackboneError(
-            f"--pretrained {plan.pretrained}: OpenAI's archive (input resolution {res}) does not fit --backbone "
-            f"{plan.name}: {_one_line(exc)}") from None
+        raise naming(
+            BackboneError, f"{{pretrained}}: OpenAI's archive (input resolution {res}) does not fit {{name}}: "
+            f"{_one_line(exc)}", pretrained=_option("pretrained", plan.pretrained),
+            name=_option("name", plan.name)) from None
 
 
 def _one_line(exc: Exception, limit: int = 240) -> str:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .atomic import atomic_path, write_bytes
+from .errors import Mention, naming
 
 FORMAT_VERSION = 1
 CLASSIFIERS: dict[str, type["Classifier"]] = {}  # kind -> class, filled by Classifier.__init_subclass__
@@ -214,11 +215,13 @@ def check_backbone(clf: Classifier, identity: dict, source: str = "classifier") 
     want = {k: clf.meta.backbone.get(k) for k in ("model", "fingerprint", "activation")}
     have = {k: identity.get(k) for k in ("model", "fingerprint", "activation")}
     if want != have:
-        raise ClassifierError(
+        raise naming(
+            ClassifierError,
             f"{source} was trained on backbone {want['model']} (weights {want['fingerprint']}, activation "
             f"{want['activation'] or 'not recorded'}), but the features come from {have['model']} (weights "
-            f"{have['fingerprint']}, activation {have['activation']}); pass the same --backbone/--pretrained"
-            f"{'' if want['activation'] else ', or refit: classifiers saved before the activation was recorded'}")
+            f"{have['fingerprint']}, activation {have['activation']}); give the same {{name}}/{{pretrained}}"
+            f"{'' if want['activation'] else ', or refit: classifiers saved before the activation was recorded'}",
+            name=Mention("BackboneConfig", "name"), pretrained=Mention("BackboneConfig", "pretrained"))
 
 
 def class_rows(clf: Classifier, classnames: list[str], class_ids: list[str] | None) -> torch.Tensor | None:

@@ -30,7 +30,7 @@ from .backbone import MINI_MODEL, PRECISIONS, BackboneConfig
 from .classifier import Classifier
 from .datasets import DOMAIN_SHIFT_TARGETS, PAPER_DATASETS, DatasetError, Sample, TaskData
 from .datasets.fewshot import SEARCH_SPLITS
-from .errors import OptionError
+from .errors import Mention, OptionError, naming
 from .methods import METHODS, check_regime, get_method, recipe_of
 from .methods.kit.text_recipe import TASKRES
 from .options import (ALLOW_FEWER_SHOTS, AUGMENT, BATCH_SIZE, CACHE_DIR, DATA_ROOT, MEMORY_MAP, NUM_WORKERS, REGIME,
@@ -142,7 +142,7 @@ def dataset_label(spec: str) -> str:
 def preset(name: str, protocol: str = "fewshot") -> tuple[dict, list[str]]:
     """The settings of a named preset, and the paper methods missing from this install."""
     if name != "paper":
-        raise ValueError(f"--preset must be 'paper', not {name!r}")
+        raise OptionError("preset", f"must be 'paper', not {name!r}")
     methods = [m for m in PAPER_METHODS if m in METHODS]
     missing = [m for m in PAPER_METHODS if m not in METHODS]
     settings = {
@@ -162,13 +162,14 @@ def read_sweep_file(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--config: sweep file not found: {path}")
+        raise naming(ValueError, "{config}: no such file", config=_sweep_file(path))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"--config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise naming(ValueError, f"{{config}} is not valid YAML: {str(exc).splitlines()[0]}",
+                     config=_sweep_file(path)) from None
     if not isinstance(data, dict):
-        raise ValueError(f"--config: {path} must hold a mapping of sweep settings")
+        raise naming(ValueError, "{config} must hold a mapping of sweep settings", config=_sweep_file(path))
     shared = {k: data.pop(k) for k in ("pretrained", "device", "precision") if k in data}
     if "workers" in data:
         data["num_workers"] = data.pop("workers")
@@ -179,8 +180,21 @@ def read_sweep_file(path: str | Path) -> dict:
     known = {f.name for f in dataclasses.fields(SweepConfig)} | {"_shared_backbone"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"--config: {path}: unknown key(s) {', '.join(unknown)}")
+        raise naming(ValueError, f"{{config}}: unknown key(s) {', '.join(unknown)}", config=_sweep_file(path))
     return _typed_file_values(data, path)
+
+
+def _sweep_file(path) -> Mention:
+    """A sweep file as errors name it: the library's "sweep file PATH", the CLI's ``--config PATH``."""
+    return Mention(None, "config", path, said=f"sweep file {path}")
+
+
+def _typed(value, annotation, where: str, mentions: dict, **kwargs):
+    """typed_value, whose refusal names ``where``: a sentence with ``{NAME}`` placeholders of ``mentions``."""
+    try:
+        return typed_value(value, annotation, where, **kwargs)
+    except ValueError as exc:  # its text is ``where`` and ours: fill our placeholders in it
+        raise naming(ValueError, str(exc), **mentions) from None
 
 
 # The element type of the sweep's list settings (a file may give one value, a list, or "1,2" text).
@@ -192,19 +206,19 @@ def _typed_file_values(data: dict, path: Path) -> dict:
     through (taskres.typed): ``views: 2.5``, ``shots: [2.7]``, ``augment: 'false'`` are refused in one line."""
     types = {f.name: f.type for f in dataclasses.fields(SweepConfig)}
     for key, value in data.items():
-        where = f"--config {path}: {key}"
+        where, config = f"{{config}}: {key}", {"config": _sweep_file(path)}
         if key in ("backbones", "_shared_backbone") or value is None:
             continue
         if key == "method_params":
             if not isinstance(value, dict) or not all(isinstance(v, dict) or v is None for v in value.values()):
-                raise ValueError(f"{where}: expected a mapping of method names to mappings of parameters "
-                                 f"(taskres: {{epochs: 50}}), not {value!r}")
+                raise naming(ValueError, f"{where}: expected a mapping of method names to mappings of parameters "
+                             f"(taskres: {{epochs: 50}}), not {value!r}", **config)
         elif key in _LIST_ITEMS:
             if isinstance(value, dict):
-                raise ValueError(f"{where}: expected a list, not the mapping {value!r}")
-            data[key] = [typed_value(v, _LIST_ITEMS[key], where, text_bools=False) for v in _as_list(value)]
+                raise naming(ValueError, f"{where}: expected a list, not the mapping {value!r}", **config)
+            data[key] = [_typed(v, _LIST_ITEMS[key], where, config, text_bools=False) for v in _as_list(value)]
         else:
-            data[key] = typed_value(value, types[key], where, text_bools=False)
+            data[key] = _typed(value, types[key], where, config, text_bools=False)
     return data
 
 
@@ -215,11 +229,12 @@ def _backbone_entry(entry, shared: dict, source) -> dict:
     if isinstance(entry, dict) and "name" in entry:
         bad = sorted(set(entry) - set(types))
         if bad:
-            raise ValueError(f"--config: {source}: backbone key(s) {', '.join(bad)} unknown (known: "
-                             f"{', '.join(sorted(types))})")
-        return {k: typed_value(v, types[k], f"--config {source}: backbone {k}", text_bools=False)
+            raise naming(ValueError, f"{{config}}: backbone key(s) {', '.join(bad)} unknown (known: "
+                         f"{', '.join(sorted(types))})", config=_sweep_file(source))
+        return {k: _typed(v, types[k], f"{{config}}: backbone {k}", {"config": _sweep_file(source)}, text_bools=False)
                 for k, v in {**shared, **entry}.items()}
-    raise ValueError(f"--config: {source}: a backbone is a model name or a mapping with 'name', not {entry!r}")
+    raise naming(ValueError, f"{{config}}: a backbone is a model name or a mapping with 'name', not {entry!r}",
+                 config=_sweep_file(source))
 
 
 def _as_list(value) -> list:
@@ -257,7 +272,7 @@ def resolve_sweep(*layers: dict, set_items: list[str] = ()) -> SweepConfig:
             merged[key] = [str(v) for v in _as_list(merged[key])]
     for key in ("shots", "seeds"):
         if key in merged:
-            merged[key] = [typed_value(v, "int", f"--{key}") for v in _as_list(merged[key])]
+            merged[key] = [_typed(v, "int", "{key}", {"key": Mention(OWNER, key)}) for v in _as_list(merged[key])]
     merged["backbones"] = [
         BackboneSpec(**{**shared_backbone, **(dataclasses.asdict(b) if isinstance(b, BackboneSpec) else
                                               b if isinstance(b, dict) else {"name": b}), **override_backbone})
@@ -277,21 +292,28 @@ def _apply_set_items(sweep: SweepConfig, items) -> None:
     """``METHOD.KEY=VALUE`` sets one method's parameter; ``KEY=VALUE`` every swept method that has KEY."""
     for item in items or ():
         if "=" not in item:
-            raise ValueError(f"--set {item}: expected [METHOD.]KEY=VALUE")
+            raise naming(ValueError, "{item}: expected [METHOD.]KEY=VALUE", item=_set_item(item))
         key, value = item.split("=", 1)
         # METHOD.KEY at the first dot: auto.taskres.lr is auto's parameter "taskres.lr"
         method, _, name = key.partition(".") if "." in key else ("", "", key)
         name = name.strip().replace("-", "_")
         if method:
             if method not in sweep.methods:
-                raise ValueError(f"--set {item}: method {method!r} is not in the sweep ({', '.join(sweep.methods)})")
+                raise naming(ValueError, f"{{item}}: method {method!r} is not in the sweep "
+                             f"({', '.join(sweep.methods)})", item=_set_item(item))
             targets = [method]
         else:
             targets = [m for m in sweep.methods if m in METHODS and name in _param_names(m)]
             if not targets:
-                raise ValueError(f"--set {item}: no method of the sweep has a parameter {name!r}")
+                raise naming(ValueError, f"{{item}}: no method of the sweep has a parameter {name!r}",
+                             item=_set_item(item))
         for m in targets:
             sweep.method_params.setdefault(m, {})[name] = value
+
+
+def _set_item(item: str) -> Mention:
+    """One of resolve_sweep's ``set_items`` as errors name it (the CLI: ``--set ITEM``)."""
+    return Mention(None, "set_items", item, said=f"set item {item!r}")
 
 
 def check_sweep(sweep: SweepConfig) -> None:
@@ -303,8 +325,9 @@ def check_sweep(sweep: SweepConfig) -> None:
         raise OptionError("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {sweep.protocol!r}", owner=OWNER)
     for key in ("datasets", "shots", "seeds", "methods", "backbones"):
         if not getattr(sweep, key):
-            raise ValueError(f"the sweep has no {key}: give --{key if key != 'backbones' else 'backbone'} "
-                             "(or --preset paper, or --config FILE)")
+            raise OptionError(key, "is empty: give at least one (or {preset}, or {config})", owner=OWNER, mentions={
+                "preset": Mention(None, "preset", "paper", said="the settings of preset('paper')"),
+                "config": Mention(None, "config", "FILE", said="a sweep file's, read_sweep_file(FILE)")})
     unknown = [m for m in sweep.methods if m not in METHODS]
     if unknown:
         raise OptionError("methods", f"names unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})",
@@ -351,8 +374,8 @@ def check_sweep(sweep: SweepConfig) -> None:
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"two {what}s of the sweep share the label {dup[0]!r}; give each backbone a "
-                             "'label' in the --config file" if what == "backbone" else
-                             f"two datasets of the sweep share the name {dup[0]!r}")
+                             "'label' (BackboneSpec.label, a key of a sweep file's backbones)" if what == "backbone"
+                             else f"two datasets of the sweep share the name {dup[0]!r}")
     if sweep.data_root is not None:
         sweep.data_root = str(Path(sweep.data_root).expanduser().resolve())
     # Folder datasets become absolute paths, so records and rerun commands work from any directory.

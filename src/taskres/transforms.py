@@ -20,8 +20,11 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .errors import Mention, naming
+
 # PIL's own default (1024 ** 3 // 4 // 3 pixels, about 9459 x 9459): above it an image is refused in one
-# line instead of PIL's DecompressionBombWarning; TASKRES_MAX_IMAGE_PIXELS (or --max-image-pixels) raises it.
+# line instead of PIL's DecompressionBombWarning; TASKRES_MAX_IMAGE_PIXELS raises it (the CLI's --max-image-pixels
+# sets it).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 MAX_PIXELS_ENV = "TASKRES_MAX_IMAGE_PIXELS"
 
@@ -40,15 +43,14 @@ def max_image_pixels() -> int | None:
     except ValueError:
         value = -1
     if value < 0:  # an ImageError: decoding workers report it as they report an unreadable file
-        raise ImageError(f"{MAX_PIXELS_ENV} (--max-image-pixels) must be a whole number of pixels (0: no limit), "
-                         f"not {text!r}")
+        raise ImageError(f"{MAX_PIXELS_ENV} must be a whole number of pixels (0: no limit), not {text!r}")
     return value or None
 
 
 def _too_big(path: str, size: tuple[int, int] | None, limit: int) -> ImageError:
     what = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels" if size else "its size"
-    return ImageError(f"image too large: {path} ({what}, over the limit of {limit:,}; raise it with "
-                      f"--max-image-pixels N or {MAX_PIXELS_ENV}=N, 0 for none)")
+    return naming(ImageError, f"image too large: {path} ({what}, over the limit of {limit:,}; raise it with "
+                  "{limit}, 0 for none)", limit=Mention(None, MAX_PIXELS_ENV, "N"))
 
 
 # Single-channel modes whose values are not 0..255, and the factor that maps their full range onto 0..255.

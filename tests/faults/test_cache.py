@@ -250,12 +250,12 @@ def test_non_finite_features_name_the_image_or_are_skipped_and_counted(value, co
         run_fit(class_folder, tmp_path / "c", tiny_backbone)
     message = str(err.value)
     assert "\n" not in message and victim in message and "non-finite features" in message and what in message
-    assert "--skip-bad-images" in message
+    assert "FitConfig.skip_bad_images=True" in message  # the library's words; the CLI says --skip-bad-images
     with caplog.at_level("WARNING", logger="taskres"):
         result = fit(fit_config(class_folder, tmp_path / "c", skip_bad_images=True), backbone=tiny_backbone,
                      cache=FeatureCache(tmp_path / "c", shard_size=SHARD))
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert skipped == [f"skipped 1 image(s) with non-finite features, e.g. {message.split(' (pass')[0]}"]
+    assert skipped == [f"skipped 1 image(s) with non-finite features, e.g. {message.split(' (use')[0]}"]
     assert result.metrics["num_images"]["test"] == len(task.test) - 1
     entry = FeatureCache(tmp_path / "c", shard_size=SHARD).entry(tiny_backbone, task.test)
     recorded = FeatureCache(tmp_path / "c", shard_size=SHARD).open(entry).bad

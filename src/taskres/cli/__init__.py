@@ -17,10 +17,9 @@ from ..atomic import RunExistsError
 from ..backbone import BackboneError
 from ..classifier import ClassifierError
 from ..datasets import DatasetError
-from ..errors import OptionError
 from ..methods import TrainingError
 from ..transforms import MAX_PIXELS_ENV, ImageError
-from .flags import backbone_config, flag_of
+from .flags import backbone_config, user_message
 
 USER_ERRORS = (BackboneError, ClassifierError, DatasetError, ImageError, RunExistsError, TrainingError,
                ValueError)
@@ -68,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, not {limit}")
             os.environ[MAX_PIXELS_ENV] = str(limit)  # the decoding workers read it too
         return args.func(args)
-    except OptionError as exc:  # the library names the field; the user typed its flag
-        print(f"taskres: error: {exc.flag_message(flag_of(exc))}", file=sys.stderr)
-        return 2
-    except USER_ERRORS as exc:
-        print(f"taskres: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:  # the library names fields; the user typed their flags
+        print(f"taskres: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # permissions, a read-only disk, a file where a folder should be, a full disk...
         print(f"taskres: error: {file_error(exc)}", file=sys.stderr)

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 
 from ..backbone import BackboneConfig
-from ..errors import OptionError
+from ..errors import UNSET, Mention, OptionError, fill
 from ..typed import typed_value
 from ..transforms import MAX_PIXELS_ENV
 
@@ -22,7 +22,13 @@ DATA_FIELDS = ("data_root", "cache_dir", "batch_size", "num_workers", "skip_bad_
 # Flags not spelled ``--`` + the field's name with dashes: field -> flag, or (owner, field) -> flag.
 FLAG_NAMES = {"num_workers": "--workers", "eval_splits": "--eval-split", "method_params": "--set",
               "augment": "--no-augment", "progress": "--quiet", "dist_timeout_s": "--dist-timeout", "splits": "--split",
-              ("predict", "k"): "--top"}
+              ("predict", "k"): "--top",
+              # named in library errors only: the backbone's model name, a sweep's backbones, resolve_sweep's
+              # set items, the pixel limit's environment variable
+              ("BackboneConfig", "name"): "--backbone", ("SweepConfig", "backbones"): "--backbone",
+              "set_items": "--set", MAX_PIXELS_ENV: "--max-image-pixels"}
+# Fields whose flag in FLAG_NAMES is the switch that turns them off.
+OFF_SWITCHES = ("augment", "progress")
 
 
 def flag_of(exc: OptionError) -> str:
@@ -31,6 +37,24 @@ def flag_of(exc: OptionError) -> str:
         return f"--set {exc.field}"
     return (FLAG_NAMES.get((exc.owner, exc.field)) or FLAG_NAMES.get(exc.field)
             or "--" + exc.field.replace("_", "-"))
+
+
+def mention_flag(mention: Mention) -> str:
+    """A mentioned option as the user would type it: ``--skip-bad-images``, ``--no-quick-gelu``, ``--device cpu``."""
+    flag = flag_name(mention.field, mention.owner)
+    if mention.value is UNSET or mention.value is True:
+        return flag
+    if mention.value is False:  # a field on by default is named by its off switch already (--no-augment)
+        return flag if mention.field in OFF_SWITCHES else "--no-" + flag[2:]
+    return f"{flag} {mention.value}"
+
+
+def user_message(exc: Exception) -> str:
+    """An error's sentence with the flags a user typed where the library names fields (the same data, not parsed)."""
+    if isinstance(exc, OptionError):
+        return exc.flag_message(flag_of(exc), mention_flag)
+    template = getattr(exc, "option_template", None)
+    return str(exc) if template is None else fill(template, exc.option_mentions, mention_flag)
 
 
 def add_backbone_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from ..errors import Mention, naming
 from ..options import cache_home
 from .base import DatasetError, Sample, TaskData, read_split_json
 from .coop import (
@@ -61,7 +62,8 @@ def load_dataset(name: str, data_root: str | Path | None = None) -> TaskData:
     key = name.lower().replace("-", "_") if not name.startswith("mini-") else name
     if key in DATASETS:
         if data_root is None:
-            raise DatasetError(f"dataset {name!r} needs --data-root (the folder that holds the CoOp layout)")
+            raise naming(DatasetError, f"dataset {name!r} needs {{data_root}} (the folder that holds the CoOp "
+                         "layout)", data_root=Mention("FitConfig", "data_root"))
         return DATASETS[key](Path(data_root))
     if name.startswith("mini-"):
         from ..mini.tasks import DEMO_TASKS, TUNING_TASKS, load_demo_task

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ..errors import OptionError
+from ..errors import Mention, OptionError, naming
 from .base import DatasetError, Sample, TaskData
 
 VAL_SHOTS_CAP = 4  # CoOp draws min(K, 4) validation images per class
@@ -48,6 +48,11 @@ class FewShotSplit:
             raise DatasetError(f"{source}: not a few-shot split file ({exc})") from None
 
 
+def _option(field: str, value=None) -> Mention:
+    """A FitConfig field an error names (the CLI shows its flag: ``--allow-fewer-shots``, ``--shots 16``)."""
+    return Mention("FitConfig", field) if value is None else Mention("FitConfig", field, value)
+
+
 def _by_label(samples: list[Sample]) -> dict[int, list[Sample]]:
     groups: dict[int, list[Sample]] = {}
     for s in samples:  # insertion order: labels in order of first appearance, as CoOp groups them
@@ -69,9 +74,10 @@ def sample_per_class(samples: list[Sample], shots: int, rng: random.Random, *, c
         if len(items) >= shots:
             out.extend(rng.sample(items, shots))
         elif strict:
-            raise DatasetError(
-                f"{dataset}: class {classnames[label]!r} has {len(items)} image(s) in the {split_name} split, "
-                f"fewer than --shots {shots} (pass --allow-fewer-shots to use all of them, as CoOp does)")
+            raise naming(
+                DatasetError, f"{dataset}: class {classnames[label]!r} has {len(items)} image(s) in the "
+                f"{split_name} split, fewer than {{shots}} (use {{allow_fewer_shots}} to use all of them, as CoOp "
+                "does)", shots=_option("shots", shots), allow_fewer_shots=_option("allow_fewer_shots", True))
         else:
             out.extend(items)
     return out
@@ -92,8 +98,9 @@ def make_fewshot_split(task: TaskData, shots: int, seed: int, *, allow_fewer: bo
     if search_split not in SEARCH_SPLITS:
         raise OptionError("search_split", f"must be one of {', '.join(SEARCH_SPLITS)}, not {search_split!r}")
     if search_split == "full" and not task.val:
-        raise DatasetError(f"dataset {task.name!r} has no validation split of its own, so --search-split full "
-                           "has nothing to search on (the test split is never used); use --search-split fewshot")
+        raise naming(DatasetError, f"dataset {task.name!r} has no validation split of its own, so {{full}} has "
+                     "nothing to search on (the test split is never used); use {fewshot}",
+                     full=_option("search_split", "full"), fewshot=_option("search_split", "fewshot"))
     if shots < 1:
         raise OptionError("shots", f"must be at least 1, not {shots}")
     if not task.train:
@@ -161,7 +168,7 @@ def check_split(split: FewShotSplit, task: TaskData, data: dict, source: str, *,
     unless ``allow_fewer``) and at most min(shots, 4) validation images per class.
     """
     def fault(text: str) -> DatasetError:
-        return DatasetError(f"--split-file {source}: {text}")
+        return naming(DatasetError, f"{{split_file}}: {text}", split_file=_option("split_file", str(source)))
 
     if "dataset" in data and data["dataset"] != task.name:
         raise fault(f"made for dataset {data['dataset']!r}, not {task.name!r}")
@@ -216,8 +223,10 @@ def check_split(split: FewShotSplit, task: TaskData, data: dict, source: str, *,
                 raise fault(f"class {task.classnames[label]!r} has {have} {part} images, more than the "
                             f"{'shots ' if part == 'train' else 'validation cap '}{cap} the file states")
             if part == "train" and have < cap and not allow_fewer:
-                raise fault(f"class {task.classnames[label]!r} has {have} of the file's {cap} shots (pass "
-                            "--allow-fewer-shots if the split was made with it)")
+                raise naming(DatasetError, f"{{split_file}}: class {task.classnames[label]!r} has {have} of the "
+                             f"file's {cap} shots (use {{allow_fewer_shots}} if the split was made with it)",
+                             split_file=_option("split_file", str(source)),
+                             allow_fewer_shots=_option("allow_fewer_shots", True))
 
 
 def shots_used(split: FewShotSplit, num_classes: int) -> tuple[int, int]:

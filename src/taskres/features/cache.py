@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_path, write_json_atomic
-from ..errors import OptionError
+from ..errors import Mention, OptionError, naming
 from ..datasets.base import Sample
 from ..transforms import ImageError, load_image
 from .extract import _ShardBatches, loader_workers, prepare_encoder
@@ -43,7 +43,13 @@ log = logging.getLogger("taskres")
 INDEX_FORMAT = 2  # 2: every shard has a check record (1, before: none; such entries are encoded again)
 VERIFY_ENV = "TASKRES_VERIFY_CACHE"
 _SHARD_NAME = re.compile(r"shard-\d{5}(-last)?\.npy")
-SKIP_HINT = "(pass --skip-bad-images to skip such files)"
+SKIP_HINT = "(use {skip_bad_images} to skip such files)"  # the CLI names the flag: see skip_hint
+
+
+def skip_hint(message: str) -> ImageError:
+    """An unreadable image's message and how to go on without it (``FitConfig.skip_bad_images``)."""
+    return naming(ImageError, f"{message} {SKIP_HINT}",
+                  skip_bad_images=Mention("FitConfig", "skip_bad_images", True))
 
 
 @dataclass
@@ -246,11 +252,11 @@ class FeatureCache:
             for (job, lo, hi), images, ok, errors in loader:
                 entry = entries[job]
                 if not skip_bad and not bool(ok.all()):
-                    raise ImageError(f"{next(e for e in errors if e)} {SKIP_HINT}")
+                    raise skip_hint(next(e for e in errors if e))
                 rows = backbone.encode_images(images).numpy().astype(STORE_DTYPES[entry.store], copy=False)
                 batch_bad = _bad_in_batch(rows, ok.numpy(), errors, entry.paths, lo)
                 if batch_bad and not skip_bad:
-                    raise ImageError(f"{batch_bad[0].message} {SKIP_HINT}")
+                    raise skip_hint(batch_bad[0].message)
                 if batch_bad:
                     rows = rows.copy()  # the encoder's own buffer is not ours to change
                     rows[[b.row - lo for b in batch_bad]] = np.nan
@@ -288,9 +294,10 @@ class FeatureCache:
         """
         missing = self.missing_shards(entry, full=False)
         if missing:
-            raise FileNotFoundError(
-                f"feature cache {entry.directory}: {len(missing)} shard(s) missing, e.g. "
-                f"{entry.shard_name(missing[0])} (with several nodes, --cache-dir must be a shared filesystem)")
+            raise naming(
+                FileNotFoundError, f"feature cache {entry.directory}: {len(missing)} shard(s) missing, e.g. "
+                f"{entry.shard_name(missing[0])} (with several nodes, {{cache_dir}} must be a shared filesystem)",
+                cache_dir=Mention("FitConfig", "cache_dir"))
         if clean_temp:
             for tmp in entry.directory.glob(".shard-*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -336,7 +343,7 @@ class FeatureCache:
             return False
         for i in sorted({int(r) // entry.shard_size for r in torch.nonzero(broken).flatten()}):
             self._discard(entry.shard_path(i), "it holds NaN/inf in rows its record calls valid (bytes changed; "
-                                               "unnoticed by --verify-cache none)")
+                                               "unnoticed when verify is 'none')")
         _remove(entry.index_path, "the index of an entry with a damaged shard")
         return True
 
@@ -382,7 +389,7 @@ class FeatureCache:
         if not bad:
             return
         if not skip_bad:
-            raise ImageError(f"{bad[0].message} {SKIP_HINT}")
+            raise skip_hint(bad[0].message)
         seen = (len(bad), bad[0].message, bad[-1].message)
         if seen in self._warned:  # the same images under another view or split: said once
             return
@@ -398,8 +405,9 @@ def _remove(path: Path, what: str) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:  # a read-only or foreign cache: say what to do instead of a traceback
-        raise ValueError(f"cannot remove {what}: {path} ({exc.strerror or type(exc).__name__}); delete the "
-                         f"entry folder {path.parent} by hand, or use another --cache-dir") from None
+        raise naming(ValueError, f"cannot remove {what}: {path} ({exc.strerror or type(exc).__name__}); delete "
+                     f"the entry folder {path.parent} by hand, or use another {{cache_dir}}",
+                     cache_dir=Mention("FitConfig", "cache_dir")) from None
 
 
 def _bad_in_batch(rows: np.ndarray, ok: np.ndarray, errors: list[str], paths: list[str], lo: int) -> list[BadRow]:
