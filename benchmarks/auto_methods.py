@@ -28,7 +28,6 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..classifier import logit_scale_exp
 from .kit import text_recipe as recipes
-from .base import FitContext, Method, not_empty, validate_params
+from .base import FitContext, Method, not_empty
 from .kit.heads import LinearClassifier, normalized_text
 from .kit.samples import ClassMoments, TrainSamples, check_classes, class_moments
 from .kit.search import accuracy, has_val, warn_no_val

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OptionError
-from .base import FitContext, Method, not_empty, validate_params
+from .base import FitContext, Method, not_empty
 from .kit.heads import LinearClassifier
 from .kit.samples import check_classes, train_matrix
 from .kit.search import accuracy, has_val, warn_no_val
