@@ -35,8 +35,7 @@ def flag_of(exc: OptionError) -> str:
     """The flag a user typed for the option an OptionError names (``--set NAME`` for a method parameter)."""
     if exc.method is not None:
         return f"--set {exc.field}"
-    return (FLAG_NAMES.get((exc.owner, exc.field)) or FLAG_NAMES.get(exc.field)
-            or "--" + exc.field.replace("_", "-"))
+    return flag_name(exc.field, exc.owner)
 
 
 def mention_flag(mention: Mention) -> str:
