@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import fixture
-from .text_official import literal
+from .text_official import literal, snapshot_commit as commit_of  # noqa: F401 (commit_of: the modules' harness.commit_of)
 
 # Patches that hold for every script here; each module adds its own.
 CPU_PATCH = "torch.Tensor.cuda and nn.Module.cuda return their object unchanged (the release calls .cuda())"
@@ -38,11 +38,6 @@ def checkout(repo: Path) -> Path:
     atexit.register(shutil.rmtree, target, True)
     subprocess.run(["git", "clone", "-q", str(repo), str(target / "repo")], check=True)
     return target / "repo"
-
-
-def commit_of(repo: Path) -> str:
-    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def on_path(root: Path, packages: tuple[str, ...]) -> None:
